@@ -1,0 +1,300 @@
+"""The ``weiflow`` command line.
+
+Exit codes: 0 success, 1 the spec is invalid or the run failed, 2 bad usage or configuration,
+130 cancelled (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import date
+from pathlib import Path
+from types import FrameType
+
+from weiflow import __version__
+from weiflow.config import Settings, load_settings
+from weiflow.dag import Dag, check_file, compile_file, dag_to_dict, to_dot, to_text
+from weiflow.errors import ConfigError, SpecError, WeiflowError
+from weiflow.registry import default_registry
+from weiflow.runtime import Executor, RunContext, new_run_id, parse_param_overrides, run_node, run_pipeline
+from weiflow.spec import did_you_mean
+from weiflow.tracking import FanoutTracker, JsonlTracker, Tracker, run_log_path
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def _spec_files(paths: Sequence[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            yield from sorted(path.glob("*.xml"))
+        else:
+            yield path
+
+
+def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
+    registry = default_registry()
+    files = list(_spec_files(args.files))
+    if not files:
+        print("weiflow validate: no spec files found", file=sys.stderr)
+        return EXIT_USAGE
+    errors = warnings = 0
+    report: list[dict[str, object]] = []
+    for path in files:
+        diagnostics = check_file(path, registry, max_bytes=settings.max_spec_bytes)
+        for diagnostic in diagnostics:
+            if args.format == "json":
+                report.append(
+                    {
+                        "file": diagnostic.file,
+                        "line": diagnostic.line,
+                        "col": diagnostic.col,
+                        "severity": diagnostic.severity,
+                        "message": diagnostic.message,
+                        "hint": diagnostic.hint,
+                    }
+                )
+            else:
+                print(diagnostic)
+            errors += diagnostic.is_error
+            warnings += not diagnostic.is_error
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    elif not args.quiet:
+        status = "ok" if not errors else "FAILED"
+        print(
+            f"{len(files)} file(s) checked: {errors} error(s), {warnings} warning(s) — {status}",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if errors else EXIT_OK
+
+
+def _compile(path: str, settings: Settings) -> Dag:
+    dag = compile_file(path, default_registry(), max_bytes=settings.max_spec_bytes)
+    for warning in dag.warnings:
+        print(warning, file=sys.stderr)
+    return dag
+
+
+def _write(text: str, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(target)  # atomic: a reader never sees half a file
+
+
+def _cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
+    dag = _compile(args.file, settings)
+    _write(json.dumps(dag_to_dict(dag), indent=2) + "\n", args.output)
+    return EXIT_OK
+
+
+def _cmd_graph(args: argparse.Namespace, settings: Settings) -> int:
+    dag = _compile(args.file, settings)
+    fmt = args.format or (Path(args.output).suffix.lstrip(".") if args.output else "text")
+    if fmt == "txt":
+        fmt = "text"
+    if fmt == "svg" and shutil.which("dot") is None:
+        print(
+            "weiflow graph: graphviz's 'dot' is not installed (apt-get install graphviz); drawing a text tree",
+            file=sys.stderr,
+        )
+        fmt = "text"
+        if args.output and args.output.endswith(".svg"):
+            args.output = args.output[: -len(".svg")] + ".txt"
+    if fmt == "text":
+        _write(to_text(dag), args.output)
+    elif fmt == "dot":
+        _write(to_dot(dag), args.output)
+    elif fmt == "svg":
+        import graphviz
+
+        _write(graphviz.Source(to_dot(dag)).pipe(format="svg", encoding="utf-8"), args.output)
+    else:
+        print(f"weiflow graph: unknown format '{fmt}' (use text, dot or svg)", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _tracker(settings: Settings, dag: Dag, run_id: str) -> tuple[Tracker, Path]:
+    path = run_log_path(settings.runs_dir, dag.name, run_id)
+    return FanoutTracker(JsonlTracker(path)), path
+
+
+class _Cancellation:
+    """Turns SIGTERM into KeyboardInterrupt after asking the running executor to stop its work."""
+
+    def __init__(self) -> None:
+        self.executor: Executor | None = None
+
+    def attach(self, executor: Executor) -> None:
+        self.executor = executor
+
+    def __enter__(self) -> _Cancellation:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.executor is not None:
+            self.executor.cancel()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_context(args: argparse.Namespace, settings: Settings) -> tuple[RunContext, Path]:
+    dag = _compile(args.file, settings)
+    ds = None
+    if args.ds:
+        try:
+            ds = date.fromisoformat(args.ds)
+        except ValueError:
+            raise ConfigError(f"--ds '{args.ds}': expected YYYY-MM-DD") from None
+    overrides = parse_param_overrides(args.param)
+    run_id = args.run_id or new_run_id()
+    tracker, log_path = _tracker(settings, dag, run_id)
+    run = RunContext.create(dag, settings=settings, tracker=tracker, run_id=run_id, ds=ds, overrides=overrides)
+    return run, log_path
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    run, log_path = _run_context(args, settings)
+    print(f"run {run.run_id} of pipeline '{run.dag.name}': {len(run.dag.nodes)} node(s)", file=sys.stderr)
+    with _Cancellation() as cancellation:
+        result = run_pipeline(run, on_executor=cancellation.attach)
+    for node in run.dag.nodes:
+        state = result.states.get(node.id)
+        line = f"  {node.id:<24} {state}"
+        if node.id in result.errors:
+            line += f"\n    {result.errors[node.id]}"
+        print(line, file=sys.stderr)
+    print(f"run log: {log_path}", file=sys.stderr)
+    return EXIT_OK if result.succeeded else EXIT_FAILED
+
+
+def _cmd_run_node(args: argparse.Namespace, settings: Settings) -> int:
+    run, log_path = _run_context(args, settings)
+    try:
+        run.dag.node(args.node)
+    except KeyError:
+        hint = did_you_mean(args.node, [n.id for n in run.dag.nodes]) or ""
+        raise ConfigError(f"{args.file}: pipeline '{run.dag.name}' has no node '{args.node}' {hint}".strip()) from None
+    with _Cancellation() as cancellation:
+        try:
+            run_node(run, args.node, attempt=args.attempt, on_executor=cancellation.attach)
+        except WeiflowError as exc:
+            print(f"weiflow run-node: {exc}", file=sys.stderr)
+            print(f"run log: {log_path}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"node '{args.node}' of run {run.run_id} succeeded; run log: {log_path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_modules(args: argparse.Namespace, settings: Settings) -> int:
+    registry = default_registry()
+    for name, engine in registry.describe().items():
+        if args.engine and name != args.engine:
+            continue
+        status = "runs here" if engine.executor else "validate only"
+        print(f"{name}  ({status}){': ' + engine.help if engine.help else ''}")
+        for module in engine.modules.values():
+            inputs = module.inputs
+            arity = (
+                "any"
+                if inputs[1] is None
+                else (str(inputs[0]) if inputs[0] == inputs[1] else f"{inputs[0]}-{inputs[1]}")
+            )
+            print(f"  {module.name}  (inputs: {arity}){'  ' + module.help if module.help else ''}")
+            for attr in module.attrs:
+                flag = (
+                    "required"
+                    if attr.required
+                    else f"default {attr.default}"
+                    if attr.default is not None
+                    else "optional"
+                )
+                print(f"      {attr.name:<18} {attr.describe()}  [{flag}]")
+    for problem in registry.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weiflow", description="XML pipelines compiled into two-level DAGs.")
+    parser.add_argument("--version", action="version", version=f"weiflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check spec files; every problem as file:line:col")
+    p.add_argument("files", nargs="+", metavar="FILE", help="spec files or directories of them")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    p.set_defaults(handler=_cmd_validate)
+
+    p = sub.add_parser("compile", help="print the two-level DAG as JSON (schema weiflow.dag/1)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-o", "--output", help="write to this file (atomically) instead of stdout")
+    p.set_defaults(handler=_cmd_compile)
+
+    p = sub.add_parser("graph", help="draw the two-level DAG: text, dot or svg")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("-f", "--format", choices=("text", "dot", "svg"), help="default: from -o's suffix, else text")
+    p.add_argument("-o", "--output")
+    p.set_defaults(handler=_cmd_graph)
+
+    for name, helptext in (
+        ("run", "run the whole pipeline on this machine"),
+        ("run-node", "run one node of a run (what Airflow tasks call)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("file", metavar="FILE")
+        p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="repeatable")
+        p.add_argument("--ds", help="logical date YYYY-MM-DD (default: today, UTC)")
+        if name == "run":
+            p.add_argument("--run-id", help="default: local__<timestamp>")
+            p.set_defaults(handler=_cmd_run)
+        else:
+            p.add_argument("--node", required=True)
+            p.add_argument("--run-id", required=True)
+            p.add_argument("--attempt", type=int, default=1)
+            p.set_defaults(handler=_cmd_run_node)
+
+    p = sub.add_parser("modules", help="list engines, module types and their attributes")
+    p.add_argument("engine", nargs="?")
+    p.set_defaults(handler=_cmd_modules)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return int(args.handler(args, settings))
+    except SpecError as exc:
+        for diagnostic in exc.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        return EXIT_FAILED
+    except ConfigError as exc:
+        print(f"weiflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WeiflowError as exc:
+        print(f"weiflow: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("weiflow: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

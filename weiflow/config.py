@@ -1,0 +1,108 @@
+"""Configuration in one place: ``weiflow.toml`` plus ``WEIFLOW_*`` environment variables.
+
+Defaults work with no file at all. Lookup: ``$WEIFLOW_CONFIG`` if set, else the first
+``weiflow.toml`` in the working directory or one of its parents. Relative paths in the file
+are relative to the file; environment variables win over the file.
+
+================  ========================  ============================================
+key               variable                  default
+================  ========================  ============================================
+var_dir           WEIFLOW_VAR_DIR           ``var/`` beside weiflow.toml (or the cwd)
+storage           WEIFLOW_STORAGE           ``file://<var_dir>/storage``
+database_url      WEIFLOW_DATABASE_URL      ``sqlite:///<var_dir>/weiflow.db``
+max_spec_bytes    WEIFLOW_MAX_SPEC_BYTES    1048576
+================  ========================  ============================================
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from weiflow.errors import ConfigError
+from weiflow.spec.parser import DEFAULT_MAX_SPEC_BYTES
+from weiflow.spec.report import did_you_mean
+
+__all__ = ["CONFIG_FILE_NAME", "Settings", "load_settings"]
+
+CONFIG_FILE_NAME = "weiflow.toml"
+_KEYS = ("var_dir", "storage", "database_url", "max_spec_bytes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path
+    storage: str
+    database_url: str
+    max_spec_bytes: int
+    config_file: Path | None = None
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where the JSON-lines run logs go."""
+        return self.var_dir / "runs"
+
+
+def _find_config(cwd: Path, env: Mapping[str, str]) -> Path | None:
+    explicit = env.get("WEIFLOW_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"WEIFLOW_CONFIG={explicit}: no such file")
+        return path.resolve()
+    for directory in (cwd, *cwd.parents):
+        candidate = directory / CONFIG_FILE_NAME
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Settings from the config file (if any) and the environment; raises :class:`ConfigError`."""
+    env = os.environ if env is None else env
+    cwd = (cwd or Path.cwd()).resolve()
+    path = _find_config(cwd, env)
+    raw: dict[str, object] = {}
+    base = cwd
+    if path is not None:
+        base = path.parent
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        raw = dict(document.get("weiflow", document))
+        for key in raw:
+            if key not in _KEYS:
+                hint = did_you_mean(key, _KEYS) or "known keys: " + ", ".join(_KEYS)
+                raise ConfigError(f"{path}: unknown key '{key}' ({hint})")
+    for key in _KEYS:
+        value = env.get("WEIFLOW_" + key.upper())
+        if value:
+            raw[key] = value
+
+    def text(key: str) -> str | None:
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path or 'environment'}: '{key}' must be a string, got {value!r}")
+        return value
+
+    var_text = text("var_dir")
+    var_dir = (base / Path(var_text).expanduser()) if var_text else base / "var"
+    var_dir = var_dir.resolve()
+    storage = text("storage") or (var_dir / "storage").as_uri()
+    if "://" not in storage:
+        storage = (base / storage).resolve().as_uri()
+    database_url = text("database_url") or f"sqlite:///{var_dir / 'weiflow.db'}"
+    max_bytes_raw = raw.get("max_spec_bytes", DEFAULT_MAX_SPEC_BYTES)
+    try:
+        max_bytes = int(str(max_bytes_raw))
+    except ValueError:
+        raise ConfigError(f"max_spec_bytes must be a whole number, got {max_bytes_raw!r}") from None
+    if max_bytes < 1024:
+        raise ConfigError(f"max_spec_bytes must be at least 1024, got {max_bytes}")
+    return Settings(var_dir, storage.rstrip("/"), database_url, max_bytes, path)

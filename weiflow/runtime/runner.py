@@ -1,0 +1,164 @@
+"""Run a compiled pipeline on this machine: the whole outer DAG, or one node (what Airflow calls)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from weiflow.dag.compiler import NodePlan
+from weiflow.errors import DatasetError, EngineNotAvailable, RegistryError, WeiflowError
+from weiflow.registry import Registry, default_registry
+from weiflow.runtime.context import NodeContext, RunContext
+from weiflow.runtime.executor import Executor
+from weiflow.storage import exists, is_complete
+from weiflow.tracking import EventKind
+
+__all__ = ["NodeState", "RunResult", "run_node", "run_pipeline"]
+
+log = logging.getLogger("weiflow.runtime")
+
+
+class NodeState(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # an upstream node failed
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    states: dict[str, NodeState] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return all(state is NodeState.SUCCEEDED for state in self.states.values())
+
+
+def _executor(registry: Registry, node: NodePlan) -> Executor:
+    target = registry.load_executor(node.engine)
+    executor = target() if isinstance(target, type) else target
+    if not isinstance(executor, Executor):
+        raise RegistryError(f"engine '{node.engine}': executor {target!r} is not a weiflow.runtime.Executor")
+    return executor
+
+
+def check_inputs(run: RunContext, node: NodePlan) -> None:
+    """Fail before any work if an input dataset is missing or incomplete, saying which node makes it."""
+    for name in node.reads:
+        dataset = run.datasets[name]
+        producer = run.dag.producers.get(name)
+        if producer is not None and producer.node == node.id:
+            continue  # written earlier in this same node
+        if dataset.external:
+            if not exists(dataset.uri):
+                raise DatasetError(f"node '{node.id}': external dataset '{name}' not found at {dataset.uri}")
+        elif not is_complete(dataset.uri):
+            maker = f"run node '{producer.node}' of this run first" if producer else "it has no producer"
+            raise DatasetError(
+                f"node '{node.id}': input dataset '{name}' at {dataset.uri} is missing or incomplete "
+                f"(no _SUCCESS marker): {maker}"
+            )
+
+
+def run_node(
+    run: RunContext,
+    node_id: str,
+    *,
+    registry: Registry | None = None,
+    attempt: int = 1,
+    on_executor: Callable[[Executor], None] | None = None,
+) -> None:
+    """Run one node, emitting node events; raises on failure. The entry point Airflow tasks call.
+
+    ``on_executor`` receives the executor before it starts, so a caller (a signal handler,
+    an Airflow ``on_kill``) can cancel it.
+    """
+    node = run.dag.node(node_id)
+    registry = registry or default_registry()
+    run.event(
+        EventKind.NODE_STARTED,
+        node=node.id,
+        attempt=attempt,
+        detail={"engine": node.engine, "modules": [m.id for m in node.modules]},
+    )
+    started = time.monotonic()
+    try:
+        executor = _executor(registry, node)
+        check_inputs(run, node)
+        if on_executor is not None:
+            on_executor(executor)
+        executor.run_node(NodeContext(run, node, attempt))
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, WeiflowError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, KeyboardInterrupt):
+            message = "cancelled"
+        run.event(
+            EventKind.NODE_FAILED,
+            node=node.id,
+            attempt=attempt,
+            error=message,
+            duration_s=round(time.monotonic() - started, 6),
+        )
+        raise
+    run.event(
+        EventKind.NODE_SUCCEEDED,
+        node=node.id,
+        attempt=attempt,
+        duration_s=round(time.monotonic() - started, 6),
+    )
+
+
+def run_pipeline(
+    run: RunContext,
+    *,
+    registry: Registry | None = None,
+    on_executor: Callable[[Executor], None] | None = None,
+) -> RunResult:
+    """Run every node in dependency order on this machine, retrying as the spec says.
+
+    A failed node's downstream nodes are skipped; independent branches still run.
+    """
+    dag = run.dag
+    result = RunResult(run.run_id)
+    run.event(
+        EventKind.RUN_STARTED,
+        detail={"params": {k: str(v) for k, v in run.params.items()}, "nodes": [n.id for n in dag.nodes]},
+    )
+    for node in dag.nodes:
+        blocked = [u for u in node.upstream if result.states.get(u) is not NodeState.SUCCEEDED]
+        if blocked:
+            result.states[node.id] = NodeState.SKIPPED
+            run.event(EventKind.NODE_SKIPPED, node=node.id, detail={"blocked_by": blocked})
+            continue
+        retries = node.retries if node.retries is not None else dag.spec.retries
+        for attempt in range(1, retries + 2):
+            try:
+                run_node(run, node.id, registry=registry, attempt=attempt, on_executor=on_executor)
+            except EngineNotAvailable as exc:
+                result.states[node.id], result.errors[node.id] = NodeState.FAILED, str(exc)
+                break  # retrying cannot make an engine appear
+            except Exception as exc:
+                result.states[node.id] = NodeState.FAILED
+                result.errors[node.id] = str(exc) if isinstance(exc, WeiflowError) else f"{type(exc).__name__}: {exc}"
+                if attempt <= retries:
+                    log.warning(
+                        "node %s failed (attempt %d of %d), retrying: %s",
+                        node.id,
+                        attempt,
+                        retries + 1,
+                        result.errors[node.id],
+                    )
+                    continue
+            else:
+                result.states[node.id] = NodeState.SUCCEEDED
+                result.errors.pop(node.id, None)
+            break
+    if result.succeeded:
+        run.event(EventKind.RUN_SUCCEEDED)
+    else:
+        run.event(EventKind.RUN_FAILED, error="; ".join(f"{k}: {v}" for k, v in result.errors.items()))
+    return result

@@ -1,0 +1,132 @@
+"""The parsed pipeline: plain data with the source position of everything a user wrote.
+
+Nothing here knows engines or module types; the registry gives attributes their meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Pos:
+    """1-based line and column in the spec file."""
+
+    line: int
+    col: int
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An attribute value as written, with where its name starts."""
+
+    value: str
+    pos: Pos
+
+
+@dataclass
+class Element:
+    """A generic element (a `<feature>`, a `<cluster>`, a `<conf>`) with positioned attributes."""
+
+    tag: str
+    pos: Pos
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    text: str = ""
+    children: list[Element] = field(default_factory=list)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        attr = self.attrs.get(name)
+        return attr.value if attr is not None else default
+
+    def pos_of(self, name: str) -> Pos:
+        """Where attribute ``name`` is written, or the element itself when it is absent."""
+        attr = self.attrs.get(name)
+        return attr.pos if attr is not None else self.pos
+
+
+@dataclass
+class ParamSpec:
+    name: str
+    type: str
+    default: str | None
+    description: str
+    element: Element
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    uri: str
+    format: str
+    external: bool
+    retention: str | None
+    description: str
+    element: Element
+
+
+@dataclass
+class ModuleSpec:
+    id: str
+    type: str
+    inputs: list[str]
+    element: Element
+
+    @property
+    def attrs(self) -> dict[str, Attr]:
+        """Module-type attributes: everything but the structural id, type, input and description."""
+        return {k: v for k, v in self.element.attrs.items() if k not in MODULE_STRUCTURAL_ATTRS}
+
+    @property
+    def children(self) -> list[Element]:
+        return self.element.children
+
+
+MODULE_STRUCTURAL_ATTRS = frozenset({"id", "type", "input", "description"})
+NODE_STRUCTURAL_ATTRS = frozenset({"id", "engine", "depends", "description", "resources", "retries"})
+
+
+@dataclass
+class NodeSpec:
+    id: str
+    engine: str
+    depends: list[str]
+    modules: list[ModuleSpec]
+    config: list[Element]
+    element: Element
+
+    def module(self, module_id: str) -> ModuleSpec:
+        for module in self.modules:
+            if module.id == module_id:
+                return module
+        raise KeyError(module_id)
+
+
+@dataclass
+class PipelineSpec:
+    """A whole spec file. ``file`` is the path as given; ``sha256`` hashes its bytes."""
+
+    file: str
+    sha256: str
+    name: str
+    owner: str | None
+    schedule: str | None
+    start_date: str | None
+    priority: str
+    retries: int
+    description: str
+    params: list[ParamSpec]
+    datasets: list[DatasetSpec]
+    nodes: list[NodeSpec]
+    element: Element
+
+    def node(self, node_id: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for dataset in self.datasets:
+            if dataset.name == name:
+                return dataset
+        raise KeyError(name)

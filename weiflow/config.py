@@ -94,9 +94,9 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
     var_text = text("var_dir")
     var_dir = (base / Path(var_text).expanduser()) if var_text else base / "var"
     var_dir = var_dir.resolve()
-    storage = text("storage") or (var_dir / "storage").as_uri()
+    storage = text("storage") or f"file://{var_dir / 'storage'}"
     if "://" not in storage:
-        storage = (base / storage).resolve().as_uri()
+        storage = f"file://{(base / storage).resolve()}"
     database_url = text("database_url") or f"sqlite:///{var_dir / 'weiflow.db'}"
     max_bytes_raw = raw.get("max_spec_bytes", DEFAULT_MAX_SPEC_BYTES)
     try:

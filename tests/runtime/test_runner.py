@@ -118,7 +118,7 @@ def test_runs_nodes_in_order_and_reports_every_event(
     assert written.dataset.rows == 10 and written.dataset.files == 1
     assert written.dataset.size_bytes == len(json.dumps(list(range(10))))
     out = isolated_var / "storage" / "numbers" / "2026-11-02"
-    assert written.dataset.uri == out.as_uri()
+    assert written.dataset.uri == f"file://{out}"
     assert json.loads((out / SUCCESS_MARKER).read_text())["run_id"] == "r1"
 
 

@@ -51,12 +51,18 @@ def to_dot(dag: Dag) -> str:
                     sub.edge(f"{node.id}/{ref.module}", f"{node.id}/{module.id}", label=ref.port or "")
     for edge in dag.edges:
         source, target = dag.node(edge.source), dag.node(edge.target)
-        graph.edge(
-            f"{source.id}/{source.modules[-1].id}",
-            f"{target.id}/{target.modules[0].id}",
-            ltail=f"cluster_{source.id}",
-            lhead=f"cluster_{target.id}",
-            label=edge.via,
-            style="dashed",
-        )
+        tail, heads = source.modules[-1].id, [target.modules[0].id]
+        if edge.via.startswith("dataset:"):  # draw from the module that writes to the ones that read
+            name = edge.via.removeprefix("dataset:")
+            tail = dag.producers[name].module
+            heads = [use.module for use in dag.consumers.get(name, []) if use.node == target.id]
+        for head in heads:
+            graph.edge(
+                f"{source.id}/{tail}",
+                f"{target.id}/{head}",
+                ltail=f"cluster_{source.id}",
+                lhead=f"cluster_{target.id}",
+                label=edge.via,
+                style="dashed",
+            )
     return str(graph.source)

@@ -1,0 +1,70 @@
+"""Atomic outputs and the JSON-lines event log."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from weiflow.storage import SUCCESS_MARKER, atomic_output, dataset_size, is_complete
+from weiflow.tracking import DatasetInfo, Event, EventKind, JsonlTracker, read_events, run_log_path
+
+
+def test_atomic_output_commits_with_marker(tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/ds/day=1"
+    with atomic_output(uri, run_id="r1") as out:
+        (out.path / "a.txt").write_text("hello")
+        assert not is_complete(uri)
+        out.rows = 1
+    assert is_complete(uri)
+    marker = json.loads((tmp_path / "ds" / "day=1" / SUCCESS_MARKER).read_text())
+    assert marker["run_id"] == "r1" and marker["rows"] == 1
+    assert dataset_size(uri) == (5, 1)
+
+
+def test_failed_block_keeps_the_previous_output(tmp_path: Path) -> None:
+    uri = (tmp_path / "ds").as_uri()
+    with atomic_output(uri, run_id="r1") as out:
+        (out.path / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(uri, run_id="r2") as out:
+        (out.path / "a.txt").write_text("new, half")
+        raise RuntimeError("killed")
+    assert (tmp_path / "ds" / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def _append(path: str, worker: int) -> None:
+    tracker = JsonlTracker(Path(path))
+    for i in range(200):
+        tracker.emit(
+            Event(EventKind.MODULE_STARTED, "r", "p", node=f"n{worker}", module=f"m{i}", detail={"pad": "x" * 300})
+        )
+
+
+def test_concurrent_writers_never_interleave_lines(tmp_path: Path) -> None:
+    path = run_log_path(tmp_path, "p", "manual__2026-01-01T00:00:00+00:00")
+    assert path.name == "manual__2026-01-01T00_00_00_00_00.jsonl"
+    processes = [multiprocessing.Process(target=_append, args=(str(path), w)) for w in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(30)
+    events = read_events(path)
+    assert len(events) == 800
+    assert {e.node for e in events} == {"n0", "n1", "n2", "n3"}
+
+
+def test_event_round_trip(tmp_path: Path) -> None:
+    event = Event(
+        EventKind.DATASET_WRITTEN,
+        "r",
+        "p",
+        node="n",
+        module="m",
+        dataset=DatasetInfo("d", "file:///x", "parquet", 10, 2, rows=5, schema={"a": "int"}),
+    )
+    tracker = JsonlTracker(tmp_path / "log.jsonl")
+    tracker.emit(event)
+    assert read_events(tmp_path / "log.jsonl") == [event]

@@ -27,11 +27,13 @@ from weiflow.spec import (
     Pos,
     Reporter,
     TemplateError,
+    closest,
     did_you_mean,
     parse_spec,
     references,
 )
 from weiflow.spec.params import PARAM_TYPES, parse_param_value
+from weiflow.spec.parser import whole_number
 
 __all__ = [
     "Dag",
@@ -107,8 +109,7 @@ class NodePlan:
 
     @property
     def retries(self) -> int | None:
-        raw = self.spec.element.get("retries")
-        return int(raw) if raw is not None and raw.isdigit() else None
+        return whole_number(self.spec.element.get("retries"))
 
 
 @dataclass
@@ -189,8 +190,12 @@ class _Compiler:
         if self.report.has_errors or order is None:
             return None
         by_id = {plan.id: plan for plan in plans}
+        position = {node_id: i for i, node_id in enumerate(order)}
+        upstream: dict[str, set[str]] = {plan.id: set() for plan in plans}
+        for edge in edges:
+            upstream.setdefault(edge.target, set()).add(edge.source)
         for plan in plans:
-            plan.upstream = sorted({e.source for e in edges if e.target == plan.id}, key=order.index)
+            plan.upstream = sorted(upstream[plan.id], key=position.__getitem__)
         producers = {name: uses[0][0] for name, uses in self.writers.items()}
         consumers = {name: [use for use, _ in uses] for name, uses in self.readers.items()}
         return Dag(self.spec, [by_id[i] for i in order], edges, producers, consumers)
@@ -208,7 +213,7 @@ class _Compiler:
                         f"unknown schedule preset '{text}'",
                         did_you_mean(text, SCHEDULE_PRESETS),
                     )
-            elif not croniter.is_valid(text):
+            elif len(text.split()) != 5 or not croniter.is_valid(text):  # Airflow takes five-field cron
                 self.report.error(
                     self.spec.element.pos_of("schedule"),
                     f"schedule '{text}' is not a valid cron expression",
@@ -291,11 +296,16 @@ class _Compiler:
                     earlier = order[: order.index(mine)] if mine in order else []
                     allowed = set(CONTEXT_VARIABLES) | set(earlier)
                 for ref in refs:
-                    if ref.name not in allowed:
+                    if ref.name in known and ref.name not in allowed:
+                        declaring = element.get("name")
+                        self.report.error(
+                            attr.pos,
+                            f"{key}: ${{{ref.name}}} names param '{ref.name}', which is declared after '{declaring}'",
+                            f"a default may only use params declared before it: move '{ref.name}' up",
+                        )
+                    elif ref.name not in allowed:
                         hint = did_you_mean(ref.name, allowed)
-                        if ref.name in known:
-                            hint = f"a param default may only use params declared before it; move '{ref.name}' up"
-                        elif hint is None:
+                        if hint is None:
                             hint = "declare it in <params>, or use one of: " + ", ".join(sorted(CONTEXT_VARIABLES))
                         self.report.error(attr.pos, f"{key}: undefined reference ${{{ref.name}}}", hint)
 
@@ -482,8 +492,10 @@ class _Compiler:
                     else:
                         reads.append(dataset)
                         self.readers.setdefault(dataset, []).append(use)
+        # A misspelt required attribute is reported once, as the unknown attribute with its hint.
+        misspelled = {closest(key, [a.name for a in mtype.attrs]) for key in module.attrs if mtype.attr(key) is None}
         for decl in mtype.attrs:
-            if decl.required and decl.name not in module.element.attrs:
+            if decl.required and decl.name not in module.element.attrs and decl.name not in misspelled:
                 self.report.error(
                     module.element.pos,
                     f"{where}: '{mtype.name}' needs attribute '{decl.name}'",
@@ -543,8 +555,9 @@ class _Compiler:
                 )
                 continue
             self._parse_attr(attr_decl, attr.value, attr.pos, where)
+        misspelled = {closest(key, [a.name for a in decl.attrs]) for key in element.attrs if decl.attr(key) is None}
         for attr_decl in decl.attrs:
-            if attr_decl.required and attr_decl.name not in element.attrs:
+            if attr_decl.required and attr_decl.name not in element.attrs and attr_decl.name not in misspelled:
                 self.report.error(element.pos, f"{where} needs attribute '{attr_decl.name}'")
 
     def _parse_attr(self, decl: AttrDecl, raw: str, pos: Pos, where: str) -> object:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import graphlib
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from weiflow.registry import AttrDecl
 from weiflow.spec.model import Element, ModuleSpec
-from weiflow.spec.report import Reporter, did_you_mean
+from weiflow.spec.report import Reporter, closest, did_you_mean
 
 __all__ = ["FUNCTIONS", "INT64_MAX", "FeatureFunction", "check_features", "max_cardinality"]
 
@@ -100,8 +101,9 @@ def _typed(feature: Element, fn: FeatureFunction, report: Reporter) -> dict[str,
             values[key] = decl.parse(attr.value)
         except ValueError as exc:
             report.error(attr.pos, f"feature '{feature.get('name')}': {key}: {exc}")
+    misspelled = {closest(key, [a.name for a in fn.attrs]) for key in feature.attrs if fn.attr(key) is None}
     for decl in fn.attrs:
-        if decl.required and decl.name not in feature.attrs:
+        if decl.required and decl.name not in feature.attrs and decl.name not in misspelled:
             report.error(
                 feature.pos,
                 f"feature '{feature.get('name')}': {fn.name} needs attribute '{decl.name}'",
@@ -217,29 +219,10 @@ def _check_function_rules(
 
 
 def _check_descartes(by_name: dict[str, Element], typed: dict[str, dict[str, object]], report: Reporter) -> None:
-    cards: dict[str, int | None] = {}
-    visiting: set[str] = set()
-
-    def card(name: str) -> int | None:
-        if name in cards:
-            return cards[name]
-        if name in visiting:
-            return None  # a cycle; reported below
-        visiting.add(name)
-        feature = by_name[name]
-        fn = feature.get("fn") or ""
-        values = typed.get(name, {})
-        sources = values.get("sources") if fn == "descartes" else None
-        deps = {s: card(s) for s in sources if s in by_name} if isinstance(sources, list) else {}
-        visiting.discard(name)
-        cards[name] = max_cardinality(fn, values, deps)
-        return cards[name]
-
+    crosses: dict[str, list[str]] = {}
     for name, feature in by_name.items():
-        if feature.get("fn") != "descartes":
-            continue
         sources = typed.get(name, {}).get("sources")
-        if not isinstance(sources, list):
+        if feature.get("fn") != "descartes" or not isinstance(sources, list):
             continue
         pos = feature.pos_of("sources")
         ok = True
@@ -248,13 +231,13 @@ def _check_descartes(by_name: dict[str, Element], typed: dict[str, dict[str, obj
                 report.error(pos, f"feature '{name}': descartes cannot cross a feature with itself")
                 ok = False
             elif source not in by_name:
-                hint = did_you_mean(source, by_name) or ""
+                hint = did_you_mean(source, [n for n in by_name if n != name]) or ""
                 report.error(
                     pos,
-                    f"feature '{name}': unknown source '{source}': descartes crosses features "
-                    "defined in the same module",
-                    (hint + " " if hint else "") + "turn a raw column into a categorical feature first "
-                    "(piecewise, pickcat or combinehash)",
+                    f"feature '{name}': unknown source '{source}': "
+                    "descartes crosses features defined in the same module",
+                    (hint + " " if hint else "")
+                    + "turn a raw column into a categorical feature first (piecewise, pickcat or combinehash)",
                 )
                 ok = False
             else:
@@ -267,27 +250,31 @@ def _check_descartes(by_name: dict[str, Element], typed: dict[str, dict[str, obj
                     )
                     ok = False
         if ok:
-            if _reaches(name, name, by_name, typed, set()):
-                report.error(pos, f"feature '{name}': descartes sources form a cycle through '{name}'")
-                continue
-            total = card(name)
-            if total is not None and total > INT64_MAX:
-                report.error(
-                    pos,
-                    f"feature '{name}': the cross has {total:,} ids, more than a 64-bit id holds",
-                    "lower the sources' cardinalities, or use combinehash with buckets=",
-                )
+            crosses[name] = [str(s) for s in sources]
 
-
-def _reaches(
-    start: str, target: str, by_name: dict[str, Element], typed: dict[str, dict[str, object]], seen: set[str]
-) -> bool:
-    sources = typed.get(start, {}).get("sources") if by_name[start].get("fn") == "descartes" else None
-    for source in sources if isinstance(sources, list) else []:
-        if source == target:
-            return True
-        if source in by_name and source not in seen:
-            seen.add(source)
-            if _reaches(source, target, by_name, typed, seen):
-                return True
-    return False
+    # Crosses of crosses: order them so each cardinality is known before it is multiplied
+    # (iteratively: a long chain must not exhaust the stack).
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for name, sources in crosses.items():
+        sorter.add(name, *sources)
+    try:
+        order = list(sorter.static_order())
+    except graphlib.CycleError as exc:
+        cycle = list(exc.args[1])
+        first = by_name[cycle[0]]
+        report.error(
+            first.pos_of("sources"),
+            f"feature '{cycle[0]}': descartes sources form a cycle: " + " -> ".join(reversed(cycle)),
+        )
+        return
+    cards: dict[str, int | None] = {}
+    for name in order:
+        fn = by_name[name].get("fn") or ""
+        cards[name] = max_cardinality(fn, typed.get(name, {}), cards)
+        if name in crosses and (cards[name] or 0) > INT64_MAX:
+            report.error(
+                by_name[name].pos_of("sources"),
+                f"feature '{name}': the cross has {cards[name]:,} ids, more than a 64-bit id holds",
+                "lower the sources' cardinalities, or use combinehash with buckets=",
+            )
+            cards[name] = None  # reported once; crosses built on it are not reported again

@@ -14,7 +14,7 @@ from weiflow.spec.model import (
     Pos,
 )
 from weiflow.spec.parser import DEFAULT_MAX_SPEC_BYTES, NAMESPACE, parse_spec, read_spec_bytes, split_list
-from weiflow.spec.report import Reporter, did_you_mean
+from weiflow.spec.report import Reporter, closest, did_you_mean
 from weiflow.spec.templating import CONTEXT_VARIABLES, Reference, TemplateError, references, substitute
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Reference",
     "Reporter",
     "TemplateError",
+    "closest",
     "did_you_mean",
     "parse_spec",
     "read_spec_bytes",

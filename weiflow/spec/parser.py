@@ -13,6 +13,7 @@ source: the n-th start tag in the text is the n-th element lxml yields in docume
 from __future__ import annotations
 
 import bisect
+import codecs
 import difflib
 import hashlib
 import re
@@ -70,6 +71,14 @@ def split_list(value: str | None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def whole_number(value: str | None) -> int | None:
+    """An xs:nonNegativeInteger as the schema accepts it ("+3", " 2 "); None when absent or invalid."""
+    if value is None:
+        return None
+    text = value.strip().removeprefix("+")
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def read_spec_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_SPEC_BYTES) -> bytes:
     """Read a spec file, refusing files over ``max_bytes`` without reading them whole."""
     name = str(path)
@@ -95,9 +104,71 @@ def read_spec_bytes(path: str | Path, max_bytes: int = DEFAULT_MAX_SPEC_BYTES) -
 
 # --- source positions -------------------------------------------------------------------
 
-_OPAQUE = re.compile(rb"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>", re.DOTALL)
+_OPAQUE = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>", re.DOTALL)
 _START_TAG = re.compile(r"<([^\s/>!?]+)((?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"]*\"|'[^']*'))*)\s*/?>", re.DOTALL)
 _ATTRIBUTE = re.compile(r"([^\s=/>]+)\s*=\s*(?:\"[^\"]*\"|'[^']*')")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # as XML counts lines: CR LF, CR and LF each end one
+_PROLOG_ITEM = re.compile(r"\s+|<\?.*?\?>|<!--.*?-->", re.DOTALL)
+_DECLARED_ENCODING = re.compile(rb"""^<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+
+
+def _decode(data: bytes) -> str:
+    """The document as text, for positions and the prolog check (lxml parses the bytes itself)."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return data[len(bom) :].decode(encoding, errors="replace")
+    if data.startswith(b"<\x00\x00\x00"):
+        return data.decode("utf-32-le", errors="replace")
+    if data.startswith(b"\x00\x00\x00<"):
+        return data.decode("utf-32-be", errors="replace")
+    if data.startswith(b"<\x00"):
+        return data.decode("utf-16-le", errors="replace")
+    if data.startswith(b"\x00<"):
+        return data.decode("utf-16-be", errors="replace")
+    declared = _DECLARED_ENCODING.match(data)
+    try:
+        return data.decode(declared.group(1).decode() if declared else "utf-8", errors="replace")
+    except LookupError:
+        return data.decode("utf-8", errors="replace")
+
+
+class _Lines:
+    def __init__(self, text: str) -> None:
+        self._starts = [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+
+    def at(self, offset: int) -> Pos:
+        line = bisect.bisect_right(self._starts, offset)
+        return Pos(line, offset - self._starts[line - 1] + 1)
+
+
+def _prolog_problem(text: str, lines: _Lines) -> tuple[Pos, str, str] | None:
+    """A DOCTYPE, or no element at all, found before libxml2 sees the document.
+
+    Checked on the text because libxml2 opens external DTD subsets and parameter entities
+    from the local file system even with load_dtd=False, before any check after parsing
+    could refuse them.
+    """
+    offset = 0
+    while match := _PROLOG_ITEM.match(text, offset):
+        if match.end() == offset:
+            break
+        offset = match.end()
+    if text.startswith("<!DOCTYPE", offset):
+        return (
+            lines.at(offset),
+            "DOCTYPE declarations are not allowed in WeiFlow specs",
+            "remove the <!DOCTYPE ...> block; specs use no DTDs or entities",
+        )
+    if offset >= len(text):
+        return Pos(1, 1), "spec has no <pipeline> element", "start from a file in xml_specs/"
+    return None
 
 
 @dataclass
@@ -110,23 +181,14 @@ class _TagPos:
 class _Positions:
     """Line/column of every start tag and attribute, in document order."""
 
-    def __init__(self, data: bytes, encoding: str) -> None:
-        blanked = _OPAQUE.sub(lambda m: re.sub(rb"[^\n]", b" ", m.group(0)), data)
-        try:
-            text = blanked.decode(encoding or "utf-8", errors="replace")
-        except LookupError:
-            text = blanked.decode("utf-8", errors="replace")
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    def __init__(self, text: str, lines: _Lines) -> None:
+        blanked = _OPAQUE.sub(lambda m: re.sub(r"[^\r\n]", " ", m.group(0)), text)
         self.tags: list[_TagPos] = []
-        for match in _START_TAG.finditer(text):
-            tag = _TagPos(match.group(1), self._at(match.start()))
+        for match in _START_TAG.finditer(blanked):
+            tag = _TagPos(match.group(1), lines.at(match.start()))
             for attr in _ATTRIBUTE.finditer(match.group(2)):
-                tag.attrs[attr.group(1)] = self._at(match.start(2) + attr.start())
+                tag.attrs[attr.group(1)] = lines.at(match.start(2) + attr.start())
             self.tags.append(tag)
-
-    def _at(self, offset: int) -> Pos:
-        line = bisect.bisect_right(self._line_starts, offset)
-        return Pos(line, offset - self._line_starts[line - 1] + 1)
 
 
 def _qname(element: etree._Element) -> str:
@@ -170,7 +232,10 @@ def _friendly_schema_message(raw: str) -> tuple[str, str | None, str | None]:
     if "Missing child element" in body:
         expected = _EXPECTED.search(body)
         names = [n.strip() for n in expected.group(1).split(",")] if expected else []
-        return "element is incomplete", ("add " + " or ".join(names)) if names else None, None
+        if not names:
+            return "element is incomplete", None, None
+        # The required element comes last; the ones before it are optional.
+        return f"needs at least one {names[-1]}", f"add {names[-1]}", None
     if body.startswith("The attribute") and body.endswith("is required but missing"):
         missing = body.split("'")[1]
         return f"missing required attribute '{missing}'", f'add {missing}="..."', None
@@ -223,35 +288,37 @@ def parse_spec(
         raise SpecError([Diagnostic(name, 1, 1, f"spec is larger than the {max_bytes:,}-byte limit")])
     if not data.strip():
         return None, [Diagnostic(name, 1, 1, "spec file is empty", hint="start from a file in xml_specs/")]
+    text = _decode(data)
+    lines = _Lines(text)
+    problem = _prolog_problem(text, lines)
+    if problem is not None:
+        at, problem_message, problem_hint = problem
+        return None, [Diagnostic(name, at.line, at.col, problem_message, problem_hint)]
     try:
         root = etree.fromstring(data, _hardened_parser())
     except etree.XMLSyntaxError as exc:
         line, col = exc.position if exc.position else (1, 1)
         message = re.sub(r",? line \d+, column \d+.*$", "", exc.msg or str(exc))
-        return None, [Diagnostic(name, max(line, 1), max(col, 1), f"not well-formed XML: {message}")]
+        fix = "write '&' as '&amp;' (also in URIs and SQL) and '<' as '&lt;'" if "EntityRef" in message else None
+        return None, [Diagnostic(name, max(line, 1), max(col, 1), f"not well-formed XML: {message}", fix)]
     except ValueError as exc:  # e.g. a byte string that declares an unsupported encoding
         return None, [Diagnostic(name, 1, 1, f"not well-formed XML: {exc}")]
     tree = root.getroottree()
-    docinfo = tree.docinfo
-    if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
-        return None, [
-            Diagnostic(
-                name,
-                1,
-                1,
-                "DOCTYPE declarations are not allowed in WeiFlow specs",
-                hint="remove the <!DOCTYPE ...> block; specs use no DTDs or entities",
-            )
-        ]
+    positions = _Positions(text, lines)
+    root_pos = positions.tags[0].pos if positions.tags else Pos(1, 1)
+    if (
+        tree.docinfo.internalDTD is not None or tree.docinfo.doctype
+    ):  # defence in depth: the prolog check refuses these first
+        return None, [Diagnostic(name, 1, 1, "DOCTYPE declarations are not allowed in WeiFlow specs")]
     if root.tag != _NS + "pipeline":
         qname = etree.QName(root)
         if qname.localname == "pipeline":
             message = f"root element <pipeline> is in namespace '{qname.namespace or ''}', not '{NAMESPACE}'"
         else:
             message = f"root element is <{qname.localname}>, expected <pipeline>"
-        return None, [Diagnostic(name, 1, 1, message, hint=f'write <pipeline xmlns="{NAMESPACE}" name="...">')]
+        fix = f'write <pipeline xmlns="{NAMESPACE}" name="...">'
+        return None, [Diagnostic(name, root_pos.line, root_pos.col, message, fix)]
 
-    positions = _Positions(data, docinfo.encoding)
     elements = list(root.iter(etree.Element))
     where: dict[etree._Element, _TagPos] = {}
     if len(positions.tags) == len(elements):
@@ -272,10 +339,9 @@ def parse_spec(
     schema = _schema()
     if not schema.validate(tree):
         seen: set[tuple[int, int, str]] = set()
+        by_path = {tree.getpath(element): element for element in elements}
         for entry in schema.error_log:  # type: ignore[attr-defined]  # lxml-stubs lack _ErrorLog.__iter__
-            found = tree.xpath(entry.path) if entry.path else []
-            first = found[0] if isinstance(found, list) and found else None
-            element = first if isinstance(first, etree._Element) else None
+            element = by_path.get(entry.path or "")
             message, hint, attribute = _friendly_schema_message(entry.message)
             if element is not None:
                 at = pos(element, attribute)
@@ -348,7 +414,6 @@ def _build(file: str, sha256: str, root: etree._Element, pos: _PosFn) -> Pipelin
                 node,
             )
         )
-    retries = pipeline.get("retries") or "0"
     return PipelineSpec(
         file=file,
         sha256=sha256,
@@ -357,7 +422,7 @@ def _build(file: str, sha256: str, root: etree._Element, pos: _PosFn) -> Pipelin
         schedule=pipeline.get("schedule"),
         start_date=pipeline.get("start-date"),
         priority=pipeline.get("priority") or "medium",
-        retries=int(retries) if retries.isdigit() else 0,
+        retries=whole_number(pipeline.get("retries")) or 0,
         description=text_of(pipeline),
         params=params,
         datasets=datasets,

@@ -8,7 +8,7 @@ every problem.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +20,11 @@ from weiflow.registry import AttrDecl, ElementDecl, ModuleType, Registry, defaul
 from weiflow.spec import (
     CONTEXT_VARIABLES,
     DEFAULT_MAX_SPEC_BYTES,
+    Attr,
     Element,
     ModuleSpec,
     NodeSpec,
     PipelineSpec,
-    Pos,
     Reporter,
     TemplateError,
     closest,
@@ -175,8 +175,8 @@ class _Compiler:
         self.report = Reporter(spec.file)
         self.param_names = {p.name for p in spec.params if p.name}
         self.dataset_names = {d.name for d in spec.datasets if d.name}
-        self.writers: dict[str, list[tuple[DatasetUse, Pos]]] = {}
-        self.readers: dict[str, list[tuple[DatasetUse, Pos]]] = {}
+        self.writers: dict[str, list[tuple[DatasetUse, Attr]]] = {}
+        self.readers: dict[str, list[tuple[DatasetUse, Attr]]] = {}
 
     def run(self) -> Dag | None:
         self._check_pipeline()
@@ -426,10 +426,9 @@ class _Compiler:
         for raw in module.inputs:
             name, _, port = raw.partition(".")
             ref = InputRef(name, port or None)
-            at = module.element.pos_of("input")
             if name == module.id:
                 self.report.error(
-                    at,
+                    module.element.pos_of("input"),
                     f"node '{node.id}': modules form a cycle: {name} -> {name}",
                     "a module cannot read its own output",
                 )
@@ -444,10 +443,12 @@ class _Compiler:
                     if elsewhere
                     else did_you_mean(name, siblings)
                 )
-                self.report.error(at, f"{where}: input '{name}' is not a module of node '{node.id}'", hint)
+                self.report.error(
+                    module.element.pos_of("input"), f"{where}: input '{name}' is not a module of node '{node.id}'", hint
+                )
                 continue
             if ref.port is not None:
-                self._check_port(node, module, ref, siblings[name], at)
+                self._check_port(node, module, ref, siblings[name])
             inputs.append(ref)
 
         if mtype is None:
@@ -474,7 +475,7 @@ class _Compiler:
                         did_you_mean(key, [a.name for a in mtype.attrs]),
                     )
                 continue
-            value = self._parse_attr(decl, attr.value, attr.pos, where)
+            value = self._parse_attr(decl, attr, where)
             if decl.kind in ("dataset", "datasets") and value is not None:
                 names = [str(v) for v in value] if isinstance(value, list) else [str(value)]
                 for dataset in names:
@@ -485,7 +486,7 @@ class _Compiler:
                             did_you_mean(dataset, self.dataset_names) or "declare it in <datasets>",
                         )
                         continue
-                    use = (DatasetUse(node.id, module.id), attr.pos)
+                    use = (DatasetUse(node.id, module.id), attr)
                     if decl.role == "write":
                         writes.append(dataset)
                         self.writers.setdefault(dataset, []).append(use)
@@ -493,9 +494,12 @@ class _Compiler:
                         reads.append(dataset)
                         self.readers.setdefault(dataset, []).append(use)
         # A misspelt required attribute is reported once, as the unknown attribute with its hint.
-        misspelled = {closest(key, [a.name for a in mtype.attrs]) for key in module.attrs if mtype.attr(key) is None}
         for decl in mtype.attrs:
-            if decl.required and decl.name not in module.element.attrs and decl.name not in misspelled:
+            if (
+                decl.required
+                and decl.name not in module.element.attrs
+                and not _misspelt(decl, module.attrs, mtype.attrs)
+            ):
                 self.report.error(
                     module.element.pos,
                     f"{where}: '{mtype.name}' needs attribute '{decl.name}'",
@@ -522,7 +526,8 @@ class _Compiler:
             mtype.check(module, self.report)
         return ModulePlan(module, mtype, inputs, _unique(reads), _unique(writes))
 
-    def _check_port(self, node: NodeSpec, module: ModuleSpec, ref: InputRef, producer: ModuleSpec, at: Pos) -> None:
+    def _check_port(self, node: NodeSpec, module: ModuleSpec, ref: InputRef, producer: ModuleSpec) -> None:
+        at = module.element.pos_of("input")
         ptype = self.registry.module_type(node.engine, producer.type)
         if ptype is None:
             return
@@ -554,19 +559,22 @@ class _Compiler:
                     did_you_mean(key, [a.name for a in decl.attrs]),
                 )
                 continue
-            self._parse_attr(attr_decl, attr.value, attr.pos, where)
-        misspelled = {closest(key, [a.name for a in decl.attrs]) for key in element.attrs if decl.attr(key) is None}
+            self._parse_attr(attr_decl, attr, where)
         for attr_decl in decl.attrs:
-            if attr_decl.required and attr_decl.name not in element.attrs and attr_decl.name not in misspelled:
+            if (
+                attr_decl.required
+                and attr_decl.name not in element.attrs
+                and not _misspelt(attr_decl, element.attrs, decl.attrs)
+            ):
                 self.report.error(element.pos, f"{where} needs attribute '{attr_decl.name}'")
 
-    def _parse_attr(self, decl: AttrDecl, raw: str, pos: Pos, where: str) -> object:
-        if "${" in raw:
+    def _parse_attr(self, decl: AttrDecl, attr: Attr, where: str) -> object:
+        if "${" in attr.value:
             return None  # typed at run time, once references are resolved
         try:
-            return decl.parse(raw)
+            return decl.parse(attr.value)
         except ValueError as exc:
-            self.report.error(pos, f"{where}: {decl.name}: {exc}", decl.help or None)
+            self.report.error(attr.pos, f"{where}: {decl.name}: {exc}", decl.help or None)
             return None
 
     # --- datasets across nodes, and the outer DAG -------------------------------------------
@@ -575,26 +583,26 @@ class _Compiler:
         for name, uses in self.writers.items():
             dataset = self.spec.dataset(name)
             if dataset.external:
-                for use, pos in uses:
+                for use, attr in uses:
                     self.report.error(
-                        pos,
+                        attr.pos,
                         f"module '{use.module}' writes dataset '{name}', which is external",
                         'external datasets are read-only inputs; drop external="true" if this pipeline produces it',
                     )
-            first, first_pos = uses[0]
-            for _, pos in uses[1:]:
+            first, first_attr = uses[0]
+            for _, attr in uses[1:]:
                 self.report.error(
-                    pos,
+                    attr.pos,
                     f"dataset '{name}' is written twice",
                     f"already written by node '{first.node}', module '{first.module}' "
-                    f"(line {first_pos.line}); give each output its own dataset",
+                    f"(line {first_attr.pos.line}); give each output its own dataset",
                 )
         for name, uses in self.readers.items():
             dataset = self.spec.dataset(name)
             if not dataset.external and name not in self.writers:
-                for use, pos in uses:
+                for use, attr in uses:
                     self.report.error(
-                        pos,
+                        attr.pos,
                         f"module '{use.module}' reads dataset '{name}', which no module "
                         "writes and which is not external",
                         'mark it external="true" if it comes from outside this pipeline',
@@ -639,6 +647,12 @@ class _Compiler:
             return None
         planned = {p.id for p in plans}
         return [i for i in order if i in planned]
+
+
+def _misspelt(missing: AttrDecl, written: Iterable[str], declared: Iterable[AttrDecl]) -> bool:
+    """Whether an unknown attribute that was written is a misspelling of the missing one."""
+    names = [d.name for d in declared]
+    return any(closest(key, names) == missing.name for key in written if key not in names)
 
 
 def _arity(low: int, high: int | None) -> str:

@@ -101,9 +101,15 @@ def _typed(feature: Element, fn: FeatureFunction, report: Reporter) -> dict[str,
             values[key] = decl.parse(attr.value)
         except ValueError as exc:
             report.error(attr.pos, f"feature '{feature.get('name')}': {key}: {exc}")
-    misspelled = {closest(key, [a.name for a in fn.attrs]) for key in feature.attrs if fn.attr(key) is None}
+    names = [a.name for a in fn.attrs]
     for decl in fn.attrs:
-        if decl.required and decl.name not in feature.attrs and decl.name not in misspelled:
+        if (
+            decl.required
+            and decl.name not in feature.attrs
+            and not any(
+                closest(key, names) == decl.name for key in feature.attrs if key not in names and key not in _STRUCTURAL
+            )
+        ):
             report.error(
                 feature.pos,
                 f"feature '{feature.get('name')}': {fn.name} needs attribute '{decl.name}'",
@@ -224,16 +230,17 @@ def _check_descartes(by_name: dict[str, Element], typed: dict[str, dict[str, obj
         sources = typed.get(name, {}).get("sources")
         if feature.get("fn") != "descartes" or not isinstance(sources, list):
             continue
-        pos = feature.pos_of("sources")
         ok = True
         for source in sources:
             if source == name:
-                report.error(pos, f"feature '{name}': descartes cannot cross a feature with itself")
+                report.error(
+                    feature.pos_of("sources"), f"feature '{name}': descartes cannot cross a feature with itself"
+                )
                 ok = False
             elif source not in by_name:
                 hint = did_you_mean(source, [n for n in by_name if n != name]) or ""
                 report.error(
-                    pos,
+                    feature.pos_of("sources"),
                     f"feature '{name}': unknown source '{source}': "
                     "descartes crosses features defined in the same module",
                     (hint + " " if hint else "")
@@ -244,7 +251,7 @@ def _check_descartes(by_name: dict[str, Element], typed: dict[str, dict[str, obj
                 source_fn = FUNCTIONS.get(by_name[source].get("fn") or "")
                 if source_fn is not None and not source_fn.categorical:
                     report.error(
-                        pos,
+                        feature.pos_of("sources"),
                         f"feature '{name}': source '{source}' is not categorical ({source_fn.name} yields real values)",
                         "cross piecewise, pickcat, combinehash or descartes features",
                     )

@@ -6,6 +6,8 @@ Nothing here knows engines or module types; the registry gives attributes their 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -16,12 +18,33 @@ class Pos:
     col: int
 
 
-@dataclass(frozen=True)
-class Attr:
-    """An attribute value as written, with where its name starts."""
+class AttrLocator(Protocol):
+    def attr_pos(self, name: str) -> Pos: ...
 
-    value: str
-    pos: Pos
+
+class Attr:
+    """An attribute value as written, and where its name starts.
+
+    The position is found on first use: only diagnostics need it, and a large spec has
+    thousands of attributes (see bench/bench_compile.py).
+    """
+
+    __slots__ = ("_locator", "_name", "_pos", "value")
+
+    def __init__(self, value: str, pos: Pos | None = None, *, locator: AttrLocator | None = None, name: str = ""):
+        self.value = value
+        self._pos = pos
+        self._locator = locator
+        self._name = name
+
+    @property
+    def pos(self) -> Pos:
+        if self._pos is None:
+            self._pos = self._locator.attr_pos(self._name) if self._locator is not None else Pos(1, 1)
+        return self._pos
+
+    def __repr__(self) -> str:
+        return f"Attr({self.value!r}, {self.pos!r})"
 
 
 @dataclass
@@ -71,7 +94,7 @@ class ModuleSpec:
     inputs: list[str]
     element: Element
 
-    @property
+    @cached_property
     def attrs(self) -> dict[str, Attr]:
         """Module-type attributes: everything but the structural id, type, input and description."""
         return {k: v for k, v in self.element.attrs.items() if k not in MODULE_STRUCTURAL_ATTRS}
@@ -126,7 +149,11 @@ class PipelineSpec:
         raise KeyError(node_id)
 
     def dataset(self, name: str) -> DatasetSpec:
+        return self._datasets_by_name[name]
+
+    @cached_property
+    def _datasets_by_name(self) -> dict[str, DatasetSpec]:
+        by_name: dict[str, DatasetSpec] = {}
         for dataset in self.datasets:
-            if dataset.name == name:
-                return dataset
-        raise KeyError(name)
+            by_name.setdefault(dataset.name, dataset)
+        return by_name

@@ -17,8 +17,7 @@ import codecs
 import difflib
 import hashlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -42,7 +41,6 @@ __all__ = ["DEFAULT_MAX_SPEC_BYTES", "NAMESPACE", "parse_spec", "read_spec_bytes
 NAMESPACE = "urn:weiflow:pipeline:1"
 DEFAULT_MAX_SPEC_BYTES = 1024 * 1024
 _NS = "{" + NAMESPACE + "}"
-_PosFn = Callable[..., Pos]
 
 
 @cache
@@ -171,24 +169,48 @@ def _prolog_problem(text: str, lines: _Lines) -> tuple[Pos, str, str] | None:
     return None
 
 
-@dataclass
-class _TagPos:
-    name: str
-    pos: Pos
-    attrs: dict[str, Pos] = field(default_factory=dict)
+class _Tag:
+    """One start tag: its name and where it is; attribute positions are found on demand."""
+
+    __slots__ = ("_attrs", "_attrs_offset", "_attrs_text", "_lines", "name", "pos")
+
+    def __init__(self, name: str, pos: Pos, attrs_offset: int, attrs_text: str, lines: _Lines) -> None:
+        self.name = name
+        self.pos = pos
+        self._attrs_offset = attrs_offset
+        self._attrs_text = attrs_text
+        self._lines = lines
+        self._attrs: dict[str, Pos] | None = None
+
+    def attr_pos(self, name: str) -> Pos:
+        if self._attrs is None:
+            self._attrs = {
+                m.group(1): self._lines.at(self._attrs_offset + m.start())
+                for m in _ATTRIBUTE.finditer(self._attrs_text)
+            }
+        return self._attrs.get(name, self.pos)
 
 
 class _Positions:
-    """Line/column of every start tag and attribute, in document order."""
+    """Where every start tag is, in document order."""
 
     def __init__(self, text: str, lines: _Lines) -> None:
-        blanked = _OPAQUE.sub(lambda m: re.sub(r"[^\r\n]", " ", m.group(0)), text)
-        self.tags: list[_TagPos] = []
-        for match in _START_TAG.finditer(blanked):
-            tag = _TagPos(match.group(1), lines.at(match.start()))
-            for attr in _ATTRIBUTE.finditer(match.group(2)):
-                tag.attrs[attr.group(1)] = lines.at(match.start(2) + attr.start())
-            self.tags.append(tag)
+        blanked = (
+            _OPAQUE.sub(lambda m: re.sub(r"[^\r\n]", " ", m.group(0)), text) if "<!" in text or "<?" in text else text
+        )
+        self.tags = [
+            _Tag(m.group(1), lines.at(m.start()), m.start(2), m.group(2), lines) for m in _START_TAG.finditer(blanked)
+        ]
+
+
+class _Unplaced:
+    """Stands in for a tag the position pass could not match: lxml's line, column 1."""
+
+    def __init__(self, line: int | None) -> None:
+        self.pos = Pos(line or 1, 1)
+
+    def attr_pos(self, name: str) -> Pos:
+        return self.pos
 
 
 def _qname(element: etree._Element) -> str:
@@ -320,20 +342,17 @@ def parse_spec(
         return None, [Diagnostic(name, root_pos.line, root_pos.col, message, fix)]
 
     elements = list(root.iter(etree.Element))
-    where: dict[etree._Element, _TagPos] = {}
+    where: dict[etree._Element, _Tag | _Unplaced] = {}
     if len(positions.tags) == len(elements):
         for element, tag in zip(elements, positions.tags, strict=True):
             if tag.name == _qname(element):
                 where[element] = tag
 
-    def pos(element: etree._Element, attribute: str | None = None) -> Pos:
-        tag = where.get(element)
-        if tag is None:
-            line: int | None = getattr(element, "sourceline", None)
-            return Pos(line or 1, 1)
-        if attribute is not None and attribute in tag.attrs:
-            return tag.attrs[attribute]
-        return tag.pos
+    def locate(element: etree._Element) -> _Tag | _Unplaced:
+        found = where.get(element)
+        if found is None:
+            found = where[element] = _Unplaced(getattr(element, "sourceline", None))
+        return found
 
     diagnostics: list[Diagnostic] = []
     schema = _schema()
@@ -344,7 +363,8 @@ def parse_spec(
             element = by_path.get(entry.path or "")
             message, hint, attribute = _friendly_schema_message(entry.message)
             if element is not None:
-                at = pos(element, attribute)
+                located = locate(element)
+                at = located.attr_pos(attribute) if attribute else located.pos
                 message = f"<{etree.QName(element).localname}>: {message}"
             else:
                 at = Pos(entry.line or 1, 1)
@@ -353,21 +373,26 @@ def parse_spec(
                 seen.add(key)
                 diagnostics.append(Diagnostic(name, at.line, at.col, message, hint))
 
-    model = _build(name, hashlib.sha256(data).hexdigest(), root, pos)
+    model = _build(name, hashlib.sha256(data).hexdigest(), root, locate)
     return model, diagnostics
 
 
-def _build(file: str, sha256: str, root: etree._Element, pos: _PosFn) -> PipelineSpec:
-    def element(el: etree._Element) -> Element:
-        attrs = {
-            str(key): Attr(str(value), pos(el, str(key)))
-            for key, value in el.attrib.items()
-            if not str(key).startswith("{")  # attributes of other namespaces belong to extensions
-        }
-        children = [element(child) for child in el if _is_ours(child)]
-        return Element(etree.QName(el).localname, pos(el), attrs, (el.text or "").strip(), children)
+def _element(el: etree._Element, locate: Callable[[etree._Element], _Tag | _Unplaced]) -> Element:
+    tag = locate(el)
+    attrib: Mapping[str, str] = el.attrib  # type: ignore[assignment]  # str keys: we parse text, not bytes
+    attrs = {
+        key: Attr(value, locator=tag, name=key)
+        for key, value in attrib.items()
+        if not key.startswith("{")  # attributes of other namespaces belong to extensions
+    }
+    children = [_element(child, locate) for child in el if _is_ours(child)]
+    return Element(el.tag[len(_NS) :], tag.pos, attrs, (el.text or "").strip(), children)
 
-    pipeline = element(root)
+
+def _build(
+    file: str, sha256: str, root: etree._Element, locate: Callable[[etree._Element], _Tag | _Unplaced]
+) -> PipelineSpec:
+    pipeline = _element(root, locate)
 
     def child(parent: Element, tag: str) -> Element | None:
         return next((c for c in parent.children if c.tag == tag), None)

@@ -31,7 +31,7 @@ class Attr:
 
     __slots__ = ("_locator", "_name", "_pos", "value")
 
-    def __init__(self, value: str, pos: Pos | None = None, *, locator: AttrLocator | None = None, name: str = ""):
+    def __init__(self, value: str, pos: Pos | None = None, locator: AttrLocator | None = None, name: str = ""):
         self.value = value
         self._pos = pos
         self._locator = locator

@@ -214,7 +214,9 @@ class _Unplaced:
 
 
 def _qname(element: etree._Element) -> str:
-    return element.prefix + ":" + etree.QName(element).localname if element.prefix else etree.QName(element).localname
+    """The tag as written in the source (prefix:local), to match lxml elements to start tags."""
+    local = str(element.tag).rpartition("}")[2]
+    return f"{element.prefix}:{local}" if element.prefix else local
 
 
 # --- schema errors, rewritten for people ------------------------------------------------
@@ -381,7 +383,7 @@ def _element(el: etree._Element, locate: Callable[[etree._Element], _Tag | _Unpl
     tag = locate(el)
     attrib: Mapping[str, str] = el.attrib  # type: ignore[assignment]  # str keys: we parse text, not bytes
     attrs = {
-        key: Attr(value, locator=tag, name=key)
+        key: Attr(value, None, tag, key)
         for key, value in attrib.items()
         if not key.startswith("{")  # attributes of other namespaces belong to extensions
     }

@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import metadata
 from typing import Any, Literal
 
@@ -151,7 +151,11 @@ class ElementDecl:
     help: str = ""
 
     def attr(self, name: str) -> AttrDecl | None:
-        return next((a for a in self.attrs if a.name == name), None)
+        return self._attrs_by_name.get(name)
+
+    @cached_property
+    def _attrs_by_name(self) -> dict[str, AttrDecl]:
+        return {a.name: a for a in self.attrs}
 
 
 # A semantic check beyond attribute types (e.g. the feature functions' rules).
@@ -177,7 +181,11 @@ class ModuleType:
     help: str = ""
 
     def attr(self, name: str) -> AttrDecl | None:
-        return next((a for a in self.attrs if a.name == name), None)
+        return self._attrs_by_name.get(name)
+
+    @cached_property
+    def _attrs_by_name(self) -> dict[str, AttrDecl]:
+        return {a.name: a for a in self.attrs}
 
     def child(self, tag: str) -> ElementDecl | None:
         return next((c for c in self.children if c.tag == tag), None)

@@ -6,6 +6,7 @@ import graphlib
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from weiflow.registry import AttrDecl
 from weiflow.spec.model import Element, ModuleSpec
@@ -24,7 +25,11 @@ class FeatureFunction:
     help: str
 
     def attr(self, name: str) -> AttrDecl | None:
-        return next((a for a in self.attrs if a.name == name), None)
+        return self._attrs_by_name.get(name)
+
+    @cached_property
+    def _attrs_by_name(self) -> dict[str, AttrDecl]:
+        return {a.name: a for a in self.attrs}
 
 
 _SOURCE = AttrDecl("source", required=True, help="the raw input column")

@@ -93,11 +93,11 @@ class ModuleSpec:
     type: str
     inputs: list[str]
     element: Element
+    # Module-type attributes: everything but the structural id, type, input and description.
+    attrs: dict[str, Attr] = field(init=False, repr=False)
 
-    @cached_property
-    def attrs(self) -> dict[str, Attr]:
-        """Module-type attributes: everything but the structural id, type, input and description."""
-        return {k: v for k, v in self.element.attrs.items() if k not in MODULE_STRUCTURAL_ATTRS}
+    def __post_init__(self) -> None:
+        self.attrs = {k: v for k, v in self.element.attrs.items() if k not in MODULE_STRUCTURAL_ATTRS}
 
     @property
     def children(self) -> list[Element]:

@@ -47,15 +47,39 @@ class Attr:
         return f"Attr({self.value!r}, {self.pos!r})"
 
 
-@dataclass
-class Element:
-    """A generic element (a `<feature>`, a `<cluster>`, a `<conf>`) with positioned attributes."""
+class TagLocator(AttrLocator, Protocol):
+    @property
+    def pos(self) -> Pos: ...
 
-    tag: str
-    pos: Pos
-    attrs: dict[str, Attr] = field(default_factory=dict)
-    text: str = ""
-    children: list[Element] = field(default_factory=list)
+
+class Element:
+    """A generic element (a `<feature>`, a `<cluster>`, a `<conf>`) with positioned attributes.
+
+    Like attribute positions, the element's own position is found on first use.
+    """
+
+    __slots__ = ("_locator", "attrs", "children", "tag", "text")
+
+    def __init__(
+        self,
+        tag: str,
+        locator: TagLocator,
+        attrs: dict[str, Attr] | None = None,
+        text: str = "",
+        children: list[Element] | None = None,
+    ) -> None:
+        self.tag = tag
+        self._locator = locator
+        self.attrs = attrs if attrs is not None else {}
+        self.text = text
+        self.children = children if children is not None else []
+
+    @property
+    def pos(self) -> Pos:
+        return self._locator.pos
+
+    def __repr__(self) -> str:
+        return f"Element({self.tag!r}, {self.pos!r}, {self.attrs!r})"
 
     def get(self, name: str, default: str | None = None) -> str | None:
         attr = self.attrs.get(name)

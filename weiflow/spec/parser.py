@@ -138,10 +138,15 @@ def _decode(data: bytes) -> str:
 
 
 class _Lines:
+    """Offsets to line and column; the line table is built on the first question."""
+
     def __init__(self, text: str) -> None:
-        self._starts = [0] + [m.end() for m in _LINE_BREAK.finditer(text)]
+        self._text = text
+        self._starts: list[int] | None = None
 
     def at(self, offset: int) -> Pos:
+        if self._starts is None:
+            self._starts = [0] + [m.end() for m in _LINE_BREAK.finditer(self._text)]
         line = bisect.bisect_right(self._starts, offset)
         return Pos(line, offset - self._starts[line - 1] + 1)
 
@@ -172,15 +177,22 @@ def _prolog_problem(text: str, lines: _Lines) -> tuple[Pos, str, str] | None:
 class _Tag:
     """One start tag: its name and where it is; attribute positions are found on demand."""
 
-    __slots__ = ("_attrs", "_attrs_offset", "_attrs_text", "_lines", "name", "pos")
+    __slots__ = ("_attrs", "_attrs_offset", "_attrs_text", "_lines", "_offset", "_pos", "name")
 
-    def __init__(self, name: str, pos: Pos, attrs_offset: int, attrs_text: str, lines: _Lines) -> None:
+    def __init__(self, name: str, offset: int, attrs_offset: int, attrs_text: str, lines: _Lines) -> None:
         self.name = name
-        self.pos = pos
+        self._offset = offset
+        self._pos: Pos | None = None
         self._attrs_offset = attrs_offset
         self._attrs_text = attrs_text
         self._lines = lines
         self._attrs: dict[str, Pos] | None = None
+
+    @property
+    def pos(self) -> Pos:
+        if self._pos is None:
+            self._pos = self._lines.at(self._offset)
+        return self._pos
 
     def attr_pos(self, name: str) -> Pos:
         if self._attrs is None:
@@ -199,7 +211,7 @@ class _Positions:
             _OPAQUE.sub(lambda m: re.sub(r"[^\r\n]", " ", m.group(0)), text) if "<!" in text or "<?" in text else text
         )
         self.tags = [
-            _Tag(m.group(1), lines.at(m.start()), m.start(2), m.group(2), lines) for m in _START_TAG.finditer(blanked)
+            _Tag(m.group(1), m.start(), m.start(2), m.group(2), lines) for m in _START_TAG.finditer(blanked)
         ]
 
 
@@ -387,8 +399,8 @@ def _element(el: etree._Element, locate: Callable[[etree._Element], _Tag | _Unpl
         for key, value in attrib.items()
         if not key.startswith("{")  # attributes of other namespaces belong to extensions
     }
-    children = [_element(child, locate) for child in el if _is_ours(child)]
-    return Element(el.tag[len(_NS) :], tag.pos, attrs, (el.text or "").strip(), children)
+    children = [_element(child, locate) for child in el if isinstance(child.tag, str) and child.tag.startswith(_NS)]
+    return Element(el.tag[len(_NS) :], tag, attrs, (el.text or "").strip(), children)
 
 
 def _build(

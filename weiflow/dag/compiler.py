@@ -527,13 +527,12 @@ class _Compiler:
         return ModulePlan(module, mtype, inputs, _unique(reads), _unique(writes))
 
     def _check_port(self, node: NodeSpec, module: ModuleSpec, ref: InputRef, producer: ModuleSpec) -> None:
-        at = module.element.pos_of("input")
         ptype = self.registry.module_type(node.engine, producer.type)
         if ptype is None:
             return
         if ptype.outputs_attr is None:
             self.report.error(
-                at,
+                module.element.pos_of("input"),
                 f"module '{module.id}': input '{ref}': module '{producer.id}' has one output, not named ones",
                 f'write input="{producer.id}"',
             )
@@ -544,7 +543,7 @@ class _Compiler:
         ports = [p.strip() for p in raw.split(",") if p.strip()]
         if ref.port not in ports:
             self.report.error(
-                at,
+                module.element.pos_of("input"),
                 f"module '{module.id}': input '{ref}': module '{producer.id}' has no output '{ref.port}'",
                 did_you_mean(ref.port or "", ports),
             )

@@ -669,6 +669,9 @@ def _unique(items: Iterator[str] | list[str]) -> list[str]:
 
 
 def _walk(element: Element) -> Iterator[Element]:
-    yield element
-    for child in element.children:
-        yield from _walk(child)
+    """Every element under ``element``, itself included (a stack, not recursion: cheaper and unbounded)."""
+    stack = [element]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(reversed(current.children))

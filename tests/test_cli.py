@@ -140,7 +140,8 @@ def test_bad_param_is_a_usage_error(tmp_path: Path) -> None:
     assert "param 'users' (given value): expected a whole number, got 'many'" in result.stderr
 
 
-def test_sigterm_cancels_a_running_node(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_cancels_a_running_node(tmp_path: Path, signum: int) -> None:
     (tmp_path / "slow_steps.py").write_text(
         "import time\n"
         "def slow(step):\n"
@@ -166,7 +167,7 @@ def test_sigterm_cancels_a_running_node(tmp_path: Path) -> None:
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "started"
     started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=10)
     assert time.monotonic() - started < 5
     assert process.returncode == 130, stderr
@@ -217,3 +218,29 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "weiflow.toml: unknown key 'var_dri' (did you mean 'var_dir'?)" in result.stderr
+
+
+def test_validate_shows_warnings_of_a_valid_spec(tmp_path: Path) -> None:
+    spec = tmp_path / "warn.xml"
+    spec.write_text(
+        '<pipeline xmlns="urn:weiflow:pipeline:1" name="w">\n'
+        '  <datasets><dataset name="unused" uri="${storage}/u" format="json"/></datasets>\n'
+        '  <node id="n" engine="python"><module id="m" type="call" callable="x:y"/></node>\n'
+        "</pipeline>\n"
+    )
+    result = weiflow("validate", str(spec))
+    assert result.returncode == 0
+    assert f"{spec}:2:22: warning: dataset 'unused' is never used" in result.stdout
+    assert "0 error(s), 1 warning(s)" in result.stderr
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path: Path) -> None:
+    result = weiflow("compile", str(EXAMPLES / "feed_ctr.xml"), "-o", str(tmp_path))  # a directory
+    assert result.returncode == 2
+    assert f"weiflow: cannot write {tmp_path}" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_modules_of_an_unknown_engine() -> None:
+    result = weiflow("modules", "sprak")
+    assert result.returncode == 2 and "no engine 'sprak' did you mean 'spark'?" in result.stderr

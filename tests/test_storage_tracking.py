@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import uuid
 from pathlib import Path
 
+import fsspec
 import pytest
 
+from weiflow.errors import DatasetError
 from weiflow.storage import SUCCESS_MARKER, atomic_output, dataset_size, is_complete
 from weiflow.tracking import DatasetInfo, Event, EventKind, JsonlTracker, read_events, run_log_path
 
@@ -68,3 +71,62 @@ def test_event_round_trip(tmp_path: Path) -> None:
     tracker = JsonlTracker(tmp_path / "log.jsonl")
     tracker.emit(event)
     assert read_events(tmp_path / "log.jsonl") == [event]
+
+
+def test_a_directory_weiflow_did_not_commit_is_never_replaced(tmp_path: Path) -> None:
+    foreign = tmp_path / "someone_elses"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("precious")
+    with pytest.raises(DatasetError, match="is not a WeiFlow dataset"), atomic_output(f"file://{foreign}", run_id="r"):
+        pass
+    assert (foreign / "data.csv").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone_elses"]
+
+
+def test_remote_commit_writes_the_marker_last_and_replaces_the_old_output() -> None:
+    fs = fsspec.filesystem("memory")
+    uri = f"memory://bucket/{uuid.uuid4().hex}/day1"
+    for content in ("old", "new"):
+        with atomic_output(uri, run_id=content) as out:
+            (out.path / "part-0").write_text(content)
+    path = uri.removeprefix("memory://")
+    assert fs.cat(f"{path}/part-0") == b"new"
+    assert json.loads(fs.cat(f"{path}/{SUCCESS_MARKER}"))["run_id"] == "new"
+    assert fs.ls(path.rpartition("/")[0], detail=False) == [f"/{path}"]  # no staging or old copies left
+
+
+def test_remote_commit_failure_keeps_the_old_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = fsspec.filesystem("memory")
+    uri = f"memory://bucket/{uuid.uuid4().hex}/day1"
+    with atomic_output(uri, run_id="old") as out:
+        (out.path / "part-0").write_text("old")
+    real_mv = type(fs).mv
+
+    def failing_mv(self: object, source: str, target: str, **kwargs: object) -> None:
+        if ".tmp-" in source:
+            raise OSError("network down")
+        real_mv(self, source, target, **kwargs)
+
+    monkeypatch.setattr(type(fs), "mv", failing_mv)
+    with pytest.raises(OSError, match="network down"), atomic_output(uri, run_id="new") as out:
+        (out.path / "part-0").write_text("new")
+    path = uri.removeprefix("memory://")
+    assert fs.cat(f"{path}/part-0") == b"old" and is_complete(uri)
+    assert fs.ls(path.rpartition("/")[0], detail=False) == [f"/{path}"]
+
+
+def test_a_failed_local_commit_keeps_the_previous_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = f"file://{tmp_path}/ds"
+    with atomic_output(uri, run_id="old") as out:
+        (out.path / "a").write_text("old")
+    real_rename = Path.rename
+
+    def rename_then_fail(self: Path, target: Path) -> Path:
+        if ".tmp-" in self.name:
+            raise OSError("device busy")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename_then_fail)
+    with pytest.raises(DatasetError, match="cannot commit"), atomic_output(uri, run_id="new") as out:
+        (out.path / "a").write_text("new")
+    assert (tmp_path / "ds" / "a").read_text() == "old" and is_complete(uri)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from datetime import date
 from pathlib import Path
@@ -23,7 +25,7 @@ from weiflow.errors import ConfigError, SpecError, WeiflowError
 from weiflow.registry import default_registry
 from weiflow.runtime import Executor, RunContext, new_run_id, parse_param_overrides, run_node, run_pipeline
 from weiflow.spec import did_you_mean
-from weiflow.tracking import FanoutTracker, JsonlTracker, Tracker, run_log_path
+from weiflow.tracking import JsonlTracker, Tracker, run_log_path
 
 __all__ = ["main"]
 
@@ -88,10 +90,17 @@ def _write(text: str, output: str | None) -> None:
         sys.stdout.write(text)
         return
     target = Path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp")
-    staging.write_text(text, encoding="utf-8")
-    staging.replace(target)  # atomic: a reader never sees half a file
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.write(text)
+            Path(staging).replace(target)  # atomic: a reader never sees half a file
+        finally:
+            Path(staging).unlink(missing_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 def _cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
@@ -129,11 +138,19 @@ def _cmd_graph(args: argparse.Namespace, settings: Settings) -> int:
 
 def _tracker(settings: Settings, dag: Dag, run_id: str) -> tuple[Tracker, Path]:
     path = run_log_path(settings.runs_dir, dag.name, run_id)
-    return FanoutTracker(JsonlTracker(path)), path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the run log directory {path.parent} (var_dir): {exc.strerror or exc}"
+        ) from None
+    return JsonlTracker(path), path
 
 
 class _Cancellation:
-    """Turns SIGTERM into KeyboardInterrupt after asking the running executor to stop its work."""
+    """Turns SIGTERM and SIGINT into KeyboardInterrupt after asking the running executor to stop its work."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.executor: Executor | None = None
@@ -142,11 +159,12 @@ class _Cancellation:
         self.executor = executor
 
     def __enter__(self) -> _Cancellation:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.executor is not None:
@@ -204,6 +222,9 @@ def _cmd_run_node(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_modules(args: argparse.Namespace, settings: Settings) -> int:
     registry = default_registry()
+    if args.engine and registry.engine(args.engine) is None:
+        hint = did_you_mean(args.engine, registry.engines) or ""
+        raise ConfigError(f"no engine '{args.engine}' {hint}".strip())
     for name, engine in registry.describe().items():
         if args.engine and name != args.engine:
             continue

@@ -75,7 +75,10 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
             raise ConfigError(f"{path}: cannot read: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
-        raw = dict(document.get("weiflow", document))
+        section = document.get("weiflow", document)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: 'weiflow' must be a table ([weiflow]), got {section!r}")
+        raw = dict(section)
         for key in raw:
             if key not in _KEYS:
                 hint = did_you_mean(key, _KEYS) or "known keys: " + ", ".join(_KEYS)

@@ -35,6 +35,7 @@ __all__ = [
     "Plugin",
     "Registry",
     "default_registry",
+    "resolve_object",
 ]
 
 ENTRY_POINT_GROUP = "weiflow.modules"
@@ -301,19 +302,24 @@ class Registry:
             raise RegistryError(f"unknown engine '{engine}'")
         if not entry.executor:
             raise EngineNotAvailable(entry.unavailable or f"engine '{engine}' declares module types but no executor")
-        module_name, _, attribute = entry.executor.partition(":")
         try:
-            target: Any = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                target = getattr(target, part)
+            return resolve_object(entry.executor)
         except (ImportError, AttributeError) as exc:
             raise EngineNotAvailable(
                 f"engine '{engine}' cannot run here: its executor {entry.executor} failed to import ({exc})"
             ) from exc
-        return target
 
     def describe(self) -> Mapping[str, EngineEntry]:
         return dict(sorted(self.engines.items()))
+
+
+def resolve_object(path: str) -> Any:
+    """The object at ``"package.module:attribute.path"``; raises ImportError or AttributeError."""
+    module_name, _, attribute = path.partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
 
 
 @cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ def atomic_output(uri: str, *, run_id: str) -> Iterator[StagedOutput]:
     token = uuid.uuid4().hex[:12]
     parent, _, name = path.rpartition("/")
     if local:
+        _refuse_foreign(Path(path))
         Path(parent or "/").mkdir(parents=True, exist_ok=True)
         staging = Path(parent or "/") / f".{name}.tmp-{token}"
         staging.mkdir()
@@ -103,25 +105,36 @@ def atomic_output(uri: str, *, run_id: str) -> Iterator[StagedOutput]:
     output = StagedOutput(staging, uri)
     try:
         yield output
-        marker = {
-            "run_id": run_id,
-            "committed_at": datetime.now(UTC).isoformat(),
-            "rows": output.rows,
-        }
+        marker = json.dumps({"run_id": run_id, "committed_at": datetime.now(UTC).isoformat(), "rows": output.rows})
         if local:
-            (staging / SUCCESS_MARKER).write_text(json.dumps(marker))
-            _commit_local(staging, Path(path), token)
+            (staging / SUCCESS_MARKER).write_text(marker)
+            with _signals_deferred():
+                _commit_local(staging, Path(path), token)
         else:
-            remote_tmp = f"{parent}/.{name}.tmp-{token}"
-            fs.put(str(staging), remote_tmp, recursive=True)
-            if fs.exists(path):
-                fs.rm(path, recursive=True)
-            fs.mv(remote_tmp, path, recursive=True)
-            with fs.open(f"{path}/{SUCCESS_MARKER}", "w") as handle:  # the marker goes last
-                handle.write(json.dumps(marker))
+            _commit_remote(fs, staging, path, token, marker)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _refuse_foreign(final: Path) -> None:
+    """Never replace a directory WeiFlow did not commit: it may hold someone's data."""
+    if final.is_file() or (final.is_dir() and any(final.iterdir()) and not (final / SUCCESS_MARKER).exists()):
+        raise DatasetError(
+            f"{final} exists and is not a WeiFlow dataset (no {SUCCESS_MARKER}); refusing to replace it: "
+            "point the dataset's uri elsewhere, or move that data away"
+        )
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM across the two renames of a commit, so cancelling never loses the old output."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _commit_local(staging: Path, final: Path, token: str) -> None:
@@ -137,3 +150,31 @@ def _commit_local(staging: Path, final: Path, token: str) -> None:
         raise DatasetError(f"cannot commit output to {final}: {exc}") from exc
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _commit_remote(fs: Any, staging: Path, path: str, token: str, marker: str) -> None:
+    """Upload beside the target, swap it in, write the marker last; restore the old output on failure.
+
+    Object stores have no atomic directory rename: readers rely on the marker, which is
+    written only once every file is in place.
+    """
+    parent, _, name = path.rpartition("/")
+    remote_tmp, old = f"{parent}/.{name}.tmp-{token}", f"{parent}/.{name}.old-{token}"
+    try:
+        fs.put(str(staging), remote_tmp, recursive=True)
+        moved_aside = bool(fs.exists(path))
+        if moved_aside:
+            fs.mv(path, old, recursive=True)
+        try:
+            fs.mv(remote_tmp, path, recursive=True)
+        except BaseException:
+            if moved_aside and not fs.exists(path):
+                fs.mv(old, path, recursive=True)  # nothing already stored is lost
+            raise
+        with fs.open(f"{path}/{SUCCESS_MARKER}", "w") as handle:
+            handle.write(marker)
+        if moved_aside:
+            fs.rm(old, recursive=True)
+    finally:
+        if fs.exists(remote_tmp):
+            fs.rm(remote_tmp, recursive=True)

@@ -101,3 +101,17 @@ def test_compiled_json_content() -> None:
     samples = next(d for d in document["datasets"] if d["name"] == "samples")
     assert samples["producer"] == {"node": "features", "module": "w_train"}
     assert samples["consumers"] == [{"node": "train", "module": "fit"}]
+
+
+def test_query_text_survives_a_comment_inside_it(make_spec) -> None:  # type: ignore[no-untyped-def]
+    path = make_spec(
+        """
+  <datasets><dataset name="e" uri="file:///data/e" format="parquet" external="true"/></datasets>
+  <node id="n" engine="spark">
+    <module id="read" type="read" dataset="e"/>
+    <module id="q" type="sql" input="read"><query>SELECT uid <!-- the user --> FROM read WHERE x &lt; 3</query></module>
+  </node>
+"""
+    )
+    query = compile_file(path).node("n").modules[1].spec.children[0]
+    assert query.text == "SELECT uid  FROM read WHERE x < 3"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import uuid
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 from tests.conftest import EXAMPLES
 from weiflow.config import load_settings
 from weiflow.dag import compile_file
-from weiflow.errors import ConfigError, DatasetError, EngineNotAvailable, UserCodeError
+from weiflow.errors import ConfigError, DatasetError, EngineNotAvailable, ModuleFailed, UserCodeError
 from weiflow.runtime import NodeState, RunContext, run_node, run_pipeline
 from weiflow.storage import SUCCESS_MARKER
 from weiflow.tracking import EventKind, MemoryTracker
@@ -266,3 +267,104 @@ def test_param_without_default_must_be_given(make_spec: Callable[..., Path], ste
     with pytest.raises(ConfigError, match=r"spec.xml:\d+:\d+: param 'table' has no default .* --param table="):
         make_run(path, MemoryTracker())
     assert make_run(path, MemoryTracker(), overrides={"table": "t1"}).params["table"] == "t1"
+
+
+MORE_STEPS = """
+import json
+from pathlib import Path
+
+def declare_but_skip(step):
+    return "forgot to write"
+
+def write_outside(step):
+    with step.write("numbers") as out:
+        (out.path / "x").write_text("1")
+    step.read("numbers")  # declared in writes=, not reads=: WeiFlow's own error, not the user's
+
+def use_helper(step):
+    import helper_for_steps  # a module beside the spec, imported while the step runs
+    return helper_for_steps.VALUE
+
+def read_back(step):
+    return json.loads((step.read("numbers") / "data.json").read_text())
+"""
+
+
+@pytest.fixture
+def more_steps(tmp_path: Path) -> str:
+    name = f"more_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(STEPS + MORE_STEPS)
+    (tmp_path / "helper_for_steps.py").write_text("VALUE = 42\n")
+    return name
+
+
+def test_a_declared_write_that_never_happens_fails_the_module(make_spec: Callable[..., Path], more_steps: str) -> None:
+    nodes = """
+  <node id="make" engine="python">
+    <module id="produce" type="call" callable="STEPS:declare_but_skip" writes="numbers"/>
+  </node>
+"""
+    result = run_pipeline(make_run(make_spec(pipeline(more_steps, nodes)), MemoryTracker()))
+    assert result.states["make"] is NodeState.FAILED
+    assert "declares writes of numbers but committed nothing there" in result.errors["make"]
+
+
+def test_weiflow_errors_inside_a_step_are_not_blamed_on_user_code(
+    make_spec: Callable[..., Path], more_steps: str
+) -> None:
+    nodes = """
+  <node id="make" engine="python">
+    <module id="produce" type="call" callable="STEPS:write_outside" writes="numbers"/>
+  </node>
+"""
+    run = make_run(make_spec(pipeline(more_steps, nodes)), MemoryTracker())
+    with pytest.raises(ModuleFailed) as caught:
+        run_node(run, "make")
+    assert not isinstance(caught.value, UserCodeError)
+    assert "reads dataset 'numbers' without declaring it" in str(caught.value)
+
+
+def test_steps_import_modules_beside_the_spec_while_running(make_spec: Callable[..., Path], more_steps: str) -> None:
+    nodes = """<node id="n" engine="python"><module id="m" type="call" callable="STEPS:use_helper"/></node>"""
+    tracker = MemoryTracker()
+    assert run_pipeline(make_run(make_spec(pipeline(more_steps, nodes)), tracker)).succeeded
+
+
+def test_a_reader_runs_after_the_writer_in_the_same_node(make_spec: Callable[..., Path], more_steps: str) -> None:
+    # The reader comes first in the file; the dataset edge orders it after the writer.
+    nodes = """
+  <node id="n" engine="python">
+    <module id="reader" type="call" callable="STEPS:read_back" reads="numbers"/>
+    <module id="writer" type="call" callable="STEPS:produce" writes="numbers" n="3"/>
+  </node>
+"""
+    dag = compile_file(make_spec(pipeline(more_steps, nodes)))
+    assert [m.id for m in dag.node("n").modules] == ["writer", "reader"]
+    tracker = MemoryTracker()
+    assert run_pipeline(RunContext.create(dag, settings=load_settings(), tracker=tracker)).succeeded
+
+
+def test_a_param_cannot_move_a_dataset_out_of_storage(make_spec: Callable[..., Path], tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file.txt").write_text("precious")
+    spec = """
+  <params><param name="name" type="string" default="ok"/></params>
+  <datasets><dataset name="out" uri="${storage}/p/${name}" format="json"/></datasets>
+  <node id="n" engine="python"><module id="m" type="call" callable="x:y" writes="out"/></node>
+"""
+    dag = compile_file(make_spec(spec))
+    for bad, message in (
+        ("../../../victim", "has a '.' or '..' segment"),
+        ("x::memory://y", "chains filesystems"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            RunContext.create(dag, settings=load_settings(), tracker=MemoryTracker(), overrides={"name": bad})
+    assert (victim / "file.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("run_id", [".", "..", "a/../b", "/abs", "-rf"])
+def test_run_ids_that_could_name_a_path_are_refused(run_id: str, make_spec: Callable[..., Path]) -> None:
+    dag = compile_file(make_spec('<node id="n" engine="python"><module id="m" type="call" callable="x:y"/></node>'))
+    with pytest.raises(ConfigError, match=r"run id .* is not valid"):
+        RunContext.create(dag, settings=load_settings(), tracker=MemoryTracker(), run_id=run_id)

@@ -34,6 +34,7 @@ from weiflow.spec import (
 )
 from weiflow.spec.params import PARAM_TYPES, parse_param_value
 from weiflow.spec.parser import whole_number
+from weiflow.spec.uris import uri_problem
 
 __all__ = [
     "Dag",
@@ -139,10 +140,9 @@ def check_file(
 ) -> list[Diagnostic]:
     """Every problem in one spec file (errors and warnings), in file order."""
     try:
-        compile_file(path, registry, max_bytes=max_bytes)
+        return list(compile_file(path, registry, max_bytes=max_bytes).warnings)
     except SpecError as exc:
         return list(exc.diagnostics)
-    return []
 
 
 def compile_file(path: str | Path, registry: Registry | None = None, *, max_bytes: int = DEFAULT_MAX_SPEC_BYTES) -> Dag:
@@ -269,6 +269,8 @@ class _Compiler:
                     f"dataset '{dataset.name}': unknown format '{dataset.format}'",
                     did_you_mean(dataset.format, formats),
                 )
+            if "$" not in dataset.uri and (problem := uri_problem(dataset.uri)) is not None:
+                self.report.error(dataset.element.pos_of("uri"), f"dataset '{dataset.name}': uri {problem}")
             if dataset.external and dataset.retention:
                 self.report.warning(
                     dataset.element.pos_of("retention"),
@@ -382,6 +384,14 @@ class _Compiler:
                 module_plans.append(plan)
 
         inner_edges = [(ref.module, plan.id) for plan in module_plans for ref in plan.inputs]
+        # A module that reads a dataset written in the same node runs after the writer.
+        writer_of = {name: plan.id for plan in module_plans for name in plan.writes}
+        inner_edges += [
+            (writer_of[name], plan.id)
+            for plan in module_plans
+            for name in plan.reads
+            if name in writer_of and writer_of[name] != plan.id
+        ]
         try:
             order = topological_order([p.id for p in module_plans], inner_edges)
         except CycleFound as cycle:
@@ -389,7 +399,7 @@ class _Compiler:
             self.report.error(
                 first.element.pos_of("input"),
                 f"node '{node.id}': modules form a cycle: {cycle}",
-                "a module's input must come before it; remove one input= of the cycle",
+                "a module's inputs (and the datasets it reads) must come before it; remove one edge of the cycle",
             )
             return None
         if engine is None or len(module_plans) != len(seen):
@@ -569,6 +579,15 @@ class _Compiler:
 
     def _parse_attr(self, decl: AttrDecl, attr: Attr, where: str) -> object:
         if "${" in attr.value:
+            if decl.kind in _SHAPE_KINDS:
+                hint = (
+                    "the callable decides what code runs, so validation must see it: name the function here, "
+                    "and pass values to it in other attributes, where ${...} works"
+                    if decl.kind == "callable"
+                    else "dataset names decide the DAG's edges, so validation must see them: "
+                    "put the ${...} in the dataset's uri instead"
+                )
+                self.report.error(attr.pos, f"{where}: {decl.name}: a {decl.kind} name cannot use ${{...}}", hint)
             return None  # typed at run time, once references are resolved
         try:
             return decl.parse(attr.value)
@@ -646,6 +665,10 @@ class _Compiler:
             return None
         planned = {p.id for p in plans}
         return [i for i in order if i in planned]
+
+
+# Attribute kinds that decide the DAG's edges or the code that runs: never templated.
+_SHAPE_KINDS = frozenset({"dataset", "datasets", "callable"})
 
 
 def _misspelt(missing: AttrDecl, written: Iterable[str], declared: Iterable[AttrDecl]) -> bool:

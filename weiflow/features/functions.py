@@ -236,6 +236,14 @@ def _check_descartes(by_name: dict[str, Element], typed: dict[str, dict[str, obj
         if feature.get("fn") != "descartes" or not isinstance(sources, list):
             continue
         ok = True
+        repeated = sorted({s for s in sources if sources.count(s) > 1})
+        if repeated:
+            report.error(
+                feature.pos_of("sources"),
+                f"feature '{name}': source '{repeated[0]}' is crossed with itself",
+                "list each source once",
+            )
+            ok = False
         for source in sources:
             if source == name:
                 report.error(

@@ -11,15 +11,16 @@ from typing import Any
 
 from weiflow.config import Settings
 from weiflow.dag.compiler import Dag, ModulePlan, NodePlan
-from weiflow.errors import ConfigError, DatasetError, ModuleFailed, WeiflowError
+from weiflow.errors import ConfigError, ModuleFailed, WeiflowError
 from weiflow.spec import Element, did_you_mean, substitute
 from weiflow.spec.params import parse_param_value
+from weiflow.spec.uris import uri_problem
 from weiflow.storage import dataset_size
 from weiflow.tracking import DatasetInfo, Event, EventKind, Tracker
 
-__all__ = ["NodeContext", "ResolvedDataset", "RunContext", "new_run_id", "parse_param_overrides"]
+__all__ = ["NodeContext", "ResolvedDataset", "RunContext", "error_text", "new_run_id", "parse_param_overrides"]
 
-_RUN_ID = re.compile(r"[A-Za-z0-9_.:+\-]{1,250}\Z")
+_RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+\-]{0,249}\Z")
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -81,8 +82,11 @@ class RunContext:
     ) -> RunContext:
         spec = dag.spec
         run_id = run_id or new_run_id()
-        if not _RUN_ID.match(run_id):
-            raise ConfigError(f"run id '{run_id}' is not valid: use letters, digits and _ . : + - (at most 250)")
+        if not _RUN_ID.match(run_id) or ".." in run_id:
+            raise ConfigError(
+                f"run id '{run_id}' is not valid: start with a letter, digit or '_', then use letters, digits "
+                "and _ . : + - (no '..', at most 250)"
+            )
         ds = ds or datetime.now(UTC).date()
         ctx = cls(dag, run_id, ds, settings, tracker)
         ctx.values = {
@@ -117,12 +121,10 @@ class RunContext:
             ctx.values[param.name] = _as_text(value)
         for dataset in spec.datasets:
             uri = ctx.resolve(dataset.uri)
-            if "://" not in uri and not uri.startswith("/"):
+            problem = uri_problem(uri)
+            if problem is not None:
                 pos = dataset.element.pos_of("uri")
-                raise DatasetError(
-                    f"{spec.file}:{pos.line}:{pos.col}: dataset '{dataset.name}': uri '{uri}' is relative; "
-                    "use ${storage}/... or an absolute URI such as file:///data/... or s3://bucket/..."
-                )
+                raise ConfigError(f"{spec.file}:{pos.line}:{pos.col}: dataset '{dataset.name}': uri {problem}")
             ctx.datasets[dataset.name] = ResolvedDataset(
                 dataset.name, uri.rstrip("/"), dataset.format, dataset.external, dataset.retention
             )
@@ -167,6 +169,7 @@ class NodeContext:
     run: RunContext
     node: NodePlan
     attempt: int = 1
+    committed: set[str] = field(default_factory=set)  # datasets this node run has committed
 
     @property
     def run_id(self) -> str:
@@ -185,6 +188,7 @@ class NodeContext:
         dataset = self.dataset(name)
         size, files = dataset_size(dataset.uri)
         info = DatasetInfo(name, dataset.uri, dataset.format, size, files, rows, schema)
+        self.committed.add(name)
         self.run.event(
             EventKind.DATASET_WRITTEN, node=self.node.id, module=module.id, attempt=self.attempt, dataset=info
         )
@@ -208,6 +212,14 @@ class NodeContext:
             started = time.monotonic()
             try:
                 outputs[module.id] = run_module(module, inputs)
+                missing = [name for name in module.writes if name not in self.committed]
+                if missing:
+                    raise ModuleFailed(
+                        self.node.id,
+                        module.id,
+                        f"declares writes of {', '.join(missing)} but committed nothing there "
+                        "(a dataset is committed when its write block ends without an error)",
+                    )
             except BaseException as exc:
                 error = _module_error(self.node.id, module.id, exc)
                 self.run.event(
@@ -215,7 +227,7 @@ class NodeContext:
                     node=self.node.id,
                     module=module.id,
                     attempt=self.attempt,
-                    error=str(error),
+                    error=error_text(error),
                     duration_s=round(time.monotonic() - started, 6),
                 )
                 if error is exc or not isinstance(exc, Exception):
@@ -239,3 +251,10 @@ def _module_error(node: str, module: str, exc: BaseException) -> BaseException:
     if isinstance(exc, Exception):
         return ModuleFailed(node, module, f"{type(exc).__name__}: {exc}")
     return exc  # KeyboardInterrupt, SystemExit: cancellation goes up untouched
+
+
+def error_text(exc: BaseException) -> str:
+    """How an error is recorded in events and shown to users."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "cancelled"
+    return str(exc) if isinstance(exc, WeiflowError) else f"{type(exc).__name__}: {exc}"

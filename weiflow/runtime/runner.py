@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from weiflow.dag.compiler import NodePlan
-from weiflow.errors import DatasetError, EngineNotAvailable, RegistryError, WeiflowError
+from weiflow.errors import DatasetError, EngineNotAvailable, RegistryError
 from weiflow.registry import Registry, default_registry
-from weiflow.runtime.context import NodeContext, RunContext
+from weiflow.runtime.context import NodeContext, RunContext, error_text
 from weiflow.runtime.executor import Executor
 from weiflow.storage import exists, is_complete
 from weiflow.tracking import EventKind
@@ -93,9 +93,7 @@ def run_node(
             on_executor(executor)
         executor.run_node(NodeContext(run, node, attempt))
     except BaseException as exc:
-        message = str(exc) if isinstance(exc, WeiflowError) else f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, KeyboardInterrupt):
-            message = "cancelled"
+        message = error_text(exc)
         run.event(
             EventKind.NODE_FAILED,
             node=node.id,
@@ -141,9 +139,12 @@ def run_pipeline(
             except EngineNotAvailable as exc:
                 result.states[node.id], result.errors[node.id] = NodeState.FAILED, str(exc)
                 break  # retrying cannot make an engine appear
+            except KeyboardInterrupt:
+                result.states[node.id], result.errors[node.id] = NodeState.FAILED, "cancelled"
+                run.event(EventKind.RUN_FAILED, error=f"{node.id}: cancelled")
+                raise
             except Exception as exc:
-                result.states[node.id] = NodeState.FAILED
-                result.errors[node.id] = str(exc) if isinstance(exc, WeiflowError) else f"{type(exc).__name__}: {exc}"
+                result.states[node.id], result.errors[node.id] = NodeState.FAILED, error_text(exc)
                 if attempt <= retries:
                     log.warning(
                         "node %s failed (attempt %d of %d), retrying: %s",

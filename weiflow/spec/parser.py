@@ -210,9 +210,7 @@ class _Positions:
         blanked = (
             _OPAQUE.sub(lambda m: re.sub(r"[^\r\n]", " ", m.group(0)), text) if "<!" in text or "<?" in text else text
         )
-        self.tags = [
-            _Tag(m.group(1), m.start(), m.start(2), m.group(2), lines) for m in _START_TAG.finditer(blanked)
-        ]
+        self.tags = [_Tag(m.group(1), m.start(), m.start(2), m.group(2), lines) for m in _START_TAG.finditer(blanked)]
 
 
 class _Unplaced:
@@ -400,7 +398,14 @@ def _element(el: etree._Element, locate: Callable[[etree._Element], _Tag | _Unpl
         if not key.startswith("{")  # attributes of other namespaces belong to extensions
     }
     children = [_element(child, locate) for child in el if isinstance(child.tag, str) and child.tag.startswith(_NS)]
-    return Element(el.tag[len(_NS) :], tag, attrs, (el.text or "").strip(), children)
+    return Element(el.tag[len(_NS) :], tag, attrs, _text(el), children)
+
+
+def _text(el: etree._Element) -> str:
+    """An element's own text, including the pieces a comment inside it splits off (as in <query>)."""
+    parts = [el.text or ""]
+    parts += [child.tail or "" for child in el if not isinstance(child.tag, str)]
+    return "".join(parts).strip()
 
 
 def _build(

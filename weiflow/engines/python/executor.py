@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 from collections.abc import Iterator, Mapping
@@ -11,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from weiflow.dag.compiler import ModulePlan
-from weiflow.errors import DatasetError, UserCodeError
+from weiflow.errors import DatasetError, UserCodeError, WeiflowError
+from weiflow.registry import resolve_object
 from weiflow.runtime import Executor, NodeContext
 from weiflow.storage import StagedOutput, atomic_output, is_complete, local_path
 
@@ -73,19 +73,23 @@ class Step:
         self._ctx.record_dataset(self._module, name, rows=output.rows, schema=output.schema)
 
 
-def load_callable(target: str, search_dir: Path) -> Any:
-    """Import ``package.module:function``, looking first beside the spec file (like Airflow's dags/)."""
-    module_name, _, attribute = target.partition(":")
-    added = str(search_dir) not in sys.path
+@contextmanager
+def on_import_path(directory: Path) -> Iterator[None]:
+    """Put the spec's directory first on the import path while its steps run (as Airflow does for dags/)."""
+    entry = str(directory)
+    added = entry not in sys.path
     if added:
-        sys.path.insert(0, str(search_dir))
+        sys.path.insert(0, entry)
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            obj = getattr(obj, part)
+        yield
     finally:
-        if added:
-            sys.path.remove(str(search_dir))
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def load_callable(target: str) -> Any:
+    """Import ``package.module:function``."""
+    obj = resolve_object(target)
     if not callable(obj):
         raise TypeError(f"{target} is a {type(obj).__name__}, not a function")
     return obj
@@ -93,15 +97,15 @@ def load_callable(target: str, search_dir: Path) -> Any:
 
 class PythonExecutor(Executor):
     def run_node(self, ctx: NodeContext) -> None:
-        spec_dir = Path(ctx.run.dag.spec.file).resolve().parent
-        ctx.run_modules(lambda module, inputs: self._call(ctx, module, inputs, spec_dir))
+        with on_import_path(Path(ctx.run.dag.spec.file).resolve().parent):
+            ctx.run_modules(lambda module, inputs: self._call(ctx, module, inputs))
 
-    def _call(self, ctx: NodeContext, module: ModulePlan, inputs: dict[str, Any], spec_dir: Path) -> Any:
+    def _call(self, ctx: NodeContext, module: ModulePlan, inputs: dict[str, Any]) -> Any:
         attrs = ctx.module_attrs(module)
         target = attrs["callable"]
         where = f"{ctx.run.dag.spec.file}:{module.spec.element.pos.line}"
         try:
-            function = load_callable(target, spec_dir)
+            function = load_callable(target)
         except (ImportError, AttributeError, TypeError) as exc:
             raise UserCodeError(
                 ctx.node.id,
@@ -110,5 +114,7 @@ class PythonExecutor(Executor):
             ) from exc
         try:
             return function(Step(ctx, module, attrs, inputs))
+        except WeiflowError:
+            raise  # WeiFlow's own failure (a dataset, storage): not the user's bug
         except Exception as exc:
             raise UserCodeError(ctx.node.id, module.id, f"{target} raised {type(exc).__name__}: {exc}") from exc

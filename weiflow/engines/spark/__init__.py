@@ -22,6 +22,28 @@ def _check_sql(module: ModuleSpec, report: Reporter) -> None:
         )
 
 
+def _check_split(module: ModuleSpec, report: Reporter) -> None:
+    ratios, names = module.attrs.get("ratios"), module.attrs.get("names")
+    if ratios is None or names is None or "$" in ratios.value or "$" in names.value:
+        return  # missing ones are reported as such; templated ones are checked at run time
+    ratio_list = [r.strip() for r in ratios.value.split(",")]
+    name_list = [n.strip() for n in names.value.split(",")]
+    if len(ratio_list) != len(name_list):
+        report.error(
+            names.pos,
+            f"module '{module.id}': {len(name_list)} names for {len(ratio_list)} ratios",
+            "give one output name per ratio",
+        )
+    repeated = sorted({n for n in name_list if name_list.count(n) > 1})
+    if repeated:
+        report.error(names.pos, f"module '{module.id}': output name '{repeated[0]}' is used twice")
+    try:
+        if any(float(r) <= 0 for r in ratio_list):
+            report.error(ratios.pos, f"module '{module.id}': every ratio must be above 0", "drop an empty part")
+    except ValueError:
+        pass  # the attribute type check reports it
+
+
 _ONE = (1, 1)
 _DATASET_READ = AttrDecl("dataset", "dataset", required=True, role="read")
 _DATASET_WRITE = AttrDecl("dataset", "dataset", required=True, role="write")
@@ -85,6 +107,7 @@ PLUGIN = Plugin(
             ),
             inputs=_ONE,
             outputs_attr="names",
+            check=_check_split,
             help='deterministic random split; downstream modules read input="<id>.<name>"',
         ),
         ModuleType("dedup", (AttrDecl("columns", "strings"),), inputs=_ONE),

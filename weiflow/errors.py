@@ -8,9 +8,8 @@ Every failure WeiFlow reports on purpose is a :class:`WeiflowError`::
     ├── RegistryError        a plug-in declares something inconsistent
     ├── EngineNotAvailable   a node's engine cannot run in this installation
     ├── DatasetError         an input dataset is missing or incomplete, or a write failed
-    ├── ModuleFailed         a module failed inside an engine (framework side)
-    │   └── UserCodeError    user code (a callable, a custom module) raised
-    └── RunFailed            one or more nodes of a run failed
+    └── ModuleFailed         a module failed inside an engine (framework side)
+        └── UserCodeError    user code (a callable, a custom module) raised
 
 User-code failures are wrapped in :class:`UserCodeError` so a reader can tell a bug in a
 pipeline's own code from a failure of WeiFlow itself.
@@ -29,7 +28,6 @@ __all__ = [
     "EngineNotAvailable",
     "ModuleFailed",
     "RegistryError",
-    "RunFailed",
     "SpecError",
     "UserCodeError",
     "WeiflowError",
@@ -102,13 +100,3 @@ class ModuleFailed(WeiflowError):
 
 class UserCodeError(ModuleFailed):
     """User code called by a module raised; the original exception is ``__cause__``."""
-
-
-class RunFailed(WeiflowError):
-    """A run ended with failed nodes; ``failed`` maps node id to its error message."""
-
-    def __init__(self, run_id: str, failed: dict[str, str]) -> None:
-        self.run_id = run_id
-        self.failed = failed
-        detail = "; ".join(f"{node}: {error}" for node, error in failed.items())
-        super().__init__(f"run {run_id} failed: {detail}")

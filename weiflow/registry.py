@@ -13,7 +13,6 @@ runs.
 from __future__ import annotations
 
 import importlib
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Literal
 
 from weiflow.errors import EngineNotAvailable, RegistryError
 from weiflow.spec.model import ModuleSpec
+from weiflow.spec.params import parse_param_value
 from weiflow.spec.report import Reporter
 
 __all__ = [
@@ -46,8 +46,6 @@ AttrKind = Literal[
 DatasetRole = Literal["read", "write"]
 
 _CALLABLE = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*\Z")
-_TRUE = {"true", "1", "yes"}
-_FALSE = {"false", "0", "no"}
 
 
 @dataclass(frozen=True)
@@ -79,22 +77,10 @@ class AttrDecl:
 
     def _scalar(self, kind: str, raw: str) -> Any:
         value: Any
-        if kind == "int":
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ValueError(f"expected a whole number, got '{raw}'") from None
-        elif kind == "float":
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ValueError(f"expected a number, got '{raw}'") from None
-            if not math.isfinite(value):
-                raise ValueError(f"expected a finite number, got '{raw}'")
-        elif kind == "bool":
-            if raw.lower() not in _TRUE | _FALSE:
-                raise ValueError(f"expected true or false, got '{raw}'")
-            return raw.lower() in _TRUE
+        if kind in ("int", "float", "bool"):
+            value = parse_param_value(kind, raw)
+            if kind == "bool":
+                return value
         elif kind == "enum":
             if raw not in self.choices:
                 raise ValueError(f"expected one of {', '.join(self.choices)}, got '{raw}'")

@@ -12,7 +12,7 @@ from typing import Any
 from weiflow.config import Settings
 from weiflow.dag.compiler import Dag, ModulePlan, NodePlan
 from weiflow.errors import ConfigError, ModuleFailed, WeiflowError
-from weiflow.spec import Element, did_you_mean, substitute
+from weiflow.spec import did_you_mean, substitute
 from weiflow.spec.params import parse_param_value
 from weiflow.spec.uris import uri_problem
 from weiflow.storage import dataset_size
@@ -156,10 +156,6 @@ class RunContext:
                     node_id, module.id, f"{self.dag.spec.file}:{pos.line}:{pos.col}: {key}='{text}': {exc}"
                 ) from None
         return attrs
-
-    def resolve_element(self, element: Element) -> dict[str, str]:
-        """A child element's (``<feature>``, ``<cluster>``) attributes with references resolved."""
-        return {key: self.resolve(attr.value) for key, attr in element.attrs.items()}
 
 
 @dataclass

@@ -129,7 +129,6 @@ class ModuleSpec:
 
 
 MODULE_STRUCTURAL_ATTRS = frozenset({"id", "type", "input", "description"})
-NODE_STRUCTURAL_ATTRS = frozenset({"id", "engine", "depends", "description", "resources", "retries"})
 
 
 @dataclass

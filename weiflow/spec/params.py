@@ -1,4 +1,8 @@
-"""Typing of `<param>` values: defaults at validate time, `--param k=v` and trigger-form values at run time."""
+"""Typing of scalar values: `<param>` defaults and `--param k=v` values, and module attributes.
+
+One place decides what a whole number, a number, a boolean and a date look like, and what
+the error says when a value is not one.
+"""
 
 from __future__ import annotations
 

@@ -473,7 +473,3 @@ def _build(
         nodes=nodes,
         element=pipeline,
     )
-
-
-def _is_ours(element: etree._Element) -> bool:
-    return isinstance(element.tag, str) and element.tag.startswith(_NS)

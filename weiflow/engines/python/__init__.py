@@ -19,7 +19,7 @@ PLUGIN = Plugin(
             ),
             inputs=(0, None),
             extra_attrs=True,
-            help="calls fn(step) with a weiflow.runtime.Step; other attributes reach it as step.attrs",
+            help="calls fn(step) with a weiflow.engines.python.executor.Step; other attributes reach it as step.attrs",
         ),
     ),
 )

@@ -1,9 +1,10 @@
 """Datasets on storage: atomic outputs, completeness markers, sizes. Local paths, HDFS or S3 via fsspec.
 
 A dataset directory is complete when it holds ``_SUCCESS``. Writers stage into a hidden
-sibling directory and commit by rename, writing the marker last, so a killed or retried
-node never leaves a directory that looks complete. Re-committing the same URI (a rerun of
-the same run id) replaces the old output as a whole.
+sibling directory and commit by rename, the marker inside, so a killed or retried node never
+leaves a directory that looks complete. Re-committing the same URI (a rerun of the same run
+id) replaces the old output as a whole; on object stores, which have no atomic directory
+rename, the marker is written last and is what readers trust.
 """
 
 from __future__ import annotations

@@ -21,7 +21,6 @@ __all__ = [
     "DatasetInfo",
     "Event",
     "EventKind",
-    "FanoutTracker",
     "JsonlTracker",
     "MemoryTracker",
     "Tracker",
@@ -129,15 +128,6 @@ class MemoryTracker:
 
     def kinds(self) -> list[str]:
         return [str(e.kind) for e in self.events]
-
-
-class FanoutTracker:
-    def __init__(self, *trackers: Tracker) -> None:
-        self.trackers = trackers
-
-    def emit(self, event: Event) -> None:
-        for tracker in self.trackers:
-            tracker.emit(event)
 
 
 def read_events(path: Path) -> list[Event]:

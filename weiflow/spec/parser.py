@@ -397,15 +397,14 @@ def _element(el: etree._Element, locate: Callable[[etree._Element], _Tag | _Unpl
         for key, value in attrib.items()
         if not key.startswith("{")  # attributes of other namespaces belong to extensions
     }
-    children = [_element(child, locate) for child in el if isinstance(child.tag, str) and child.tag.startswith(_NS)]
-    return Element(el.tag[len(_NS) :], tag, attrs, _text(el), children)
-
-
-def _text(el: etree._Element) -> str:
-    """An element's own text, including the pieces a comment inside it splits off (as in <query>)."""
-    parts = [el.text or ""]
-    parts += [child.tail or "" for child in el if not isinstance(child.tag, str)]
-    return "".join(parts).strip()
+    children: list[Element] = []
+    text = el.text or ""
+    for child in el:
+        if isinstance(child, etree._Comment | etree._ProcessingInstruction):
+            text += child.tail or ""  # text a comment splits off, as inside a <query>
+        elif child.tag.startswith(_NS):
+            children.append(_element(child, locate))
+    return Element(el.tag[len(_NS) :], tag, attrs, text.strip(), children)
 
 
 def _build(

@@ -282,34 +282,31 @@ class _Compiler:
         """Every ``${name}`` anywhere in the spec names a param or a run-context variable."""
         known = set(CONTEXT_VARIABLES) | self.param_names
         order = [p.name for p in self.spec.params]
-        for element in _walk(self.spec.element):
-            for key, attr in element.attrs.items():
-                if "$" not in attr.value:
-                    continue
-                try:
-                    refs = references(attr.value)
-                except TemplateError as exc:
-                    self.report.error(attr.pos, f"{key}: {exc}")
-                    continue
-                allowed = known
-                if element.tag == "param" and key == "default":
-                    # A default may use the run context and params declared before it (no cycles).
-                    mine = element.get("name") or ""
-                    earlier = order[: order.index(mine)] if mine in order else []
-                    allowed = set(CONTEXT_VARIABLES) | set(earlier)
-                for ref in refs:
-                    if ref.name in known and ref.name not in allowed:
-                        declaring = element.get("name")
-                        self.report.error(
-                            attr.pos,
-                            f"{key}: ${{{ref.name}}} names param '{ref.name}', which is declared after '{declaring}'",
-                            f"a default may only use params declared before it: move '{ref.name}' up",
-                        )
-                    elif ref.name not in allowed:
-                        hint = did_you_mean(ref.name, allowed)
-                        if hint is None:
-                            hint = "declare it in <params>, or use one of: " + ", ".join(sorted(CONTEXT_VARIABLES))
-                        self.report.error(attr.pos, f"{key}: undefined reference ${{{ref.name}}}", hint)
+        for element, key, attr in self.spec.templated:
+            try:
+                refs = references(attr.value)
+            except TemplateError as exc:
+                self.report.error(attr.pos, f"{key}: {exc}")
+                continue
+            allowed = known
+            if element.tag == "param" and key == "default":
+                # A default may use the run context and params declared before it (no cycles).
+                mine = element.get("name") or ""
+                earlier = order[: order.index(mine)] if mine in order else []
+                allowed = set(CONTEXT_VARIABLES) | set(earlier)
+            for ref in refs:
+                if ref.name in known and ref.name not in allowed:
+                    declaring = element.get("name")
+                    self.report.error(
+                        attr.pos,
+                        f"{key}: ${{{ref.name}}} names param '{ref.name}', which is declared after '{declaring}'",
+                        f"a default may only use params declared before it: move '{ref.name}' up",
+                    )
+                elif ref.name not in allowed:
+                    hint = did_you_mean(ref.name, allowed)
+                    if hint is None:
+                        hint = "declare it in <params>, or use one of: " + ", ".join(sorted(CONTEXT_VARIABLES))
+                    self.report.error(attr.pos, f"{key}: undefined reference ${{{ref.name}}}", hint)
 
     # --- nodes and modules ------------------------------------------------------------------
 
@@ -689,12 +686,3 @@ def _arity(low: int, high: int | None) -> str:
 
 def _unique(items: Iterator[str] | list[str]) -> list[str]:
     return list(dict.fromkeys(items))
-
-
-def _walk(element: Element) -> Iterator[Element]:
-    """Every element under ``element``, itself included (a stack, not recursion: cheaper and unbounded)."""
-    stack = [element]
-    while stack:
-        current = stack.pop()
-        yield current
-        stack.extend(reversed(current.children))

@@ -164,6 +164,8 @@ class PipelineSpec:
     datasets: list[DatasetSpec]
     nodes: list[NodeSpec]
     element: Element
+    # Every attribute whose value holds a '$', with its element: what reference checks read.
+    templated: list[tuple[Element, str, Attr]] = field(default_factory=list)
 
     def node(self, node_id: str) -> NodeSpec:
         for node in self.nodes:

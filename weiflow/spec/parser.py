@@ -389,7 +389,9 @@ def parse_spec(
     return model, diagnostics
 
 
-def _element(el: etree._Element, locate: Callable[[etree._Element], _Tag | _Unplaced]) -> Element:
+def _element(
+    el: etree._Element, locate: Callable[[etree._Element], _Tag | _Unplaced], templated: list[tuple[Element, str, Attr]]
+) -> Element:
     tag = locate(el)
     attrib: Mapping[str, str] = el.attrib  # type: ignore[assignment]  # str keys: we parse text, not bytes
     attrs = {
@@ -403,14 +405,17 @@ def _element(el: etree._Element, locate: Callable[[etree._Element], _Tag | _Unpl
         if isinstance(child, etree._Comment | etree._ProcessingInstruction):
             text += child.tail or ""  # text a comment splits off, as inside a <query>
         elif child.tag.startswith(_NS):
-            children.append(_element(child, locate))
-    return Element(el.tag[len(_NS) :], tag, attrs, text.strip(), children)
+            children.append(_element(child, locate, templated))
+    element = Element(el.tag[len(_NS) :], tag, attrs, text.strip(), children)
+    templated.extend((element, key, attr) for key, attr in attrs.items() if "$" in attr.value)
+    return element
 
 
 def _build(
     file: str, sha256: str, root: etree._Element, locate: Callable[[etree._Element], _Tag | _Unplaced]
 ) -> PipelineSpec:
-    pipeline = _element(root, locate)
+    templated: list[tuple[Element, str, Attr]] = []
+    pipeline = _element(root, locate, templated)
 
     def child(parent: Element, tag: str) -> Element | None:
         return next((c for c in parent.children if c.tag == tag), None)
@@ -471,4 +476,5 @@ def _build(
         datasets=datasets,
         nodes=nodes,
         element=pipeline,
+        templated=templated,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["CONTEXT_VARIABLES", "Reference", "TemplateError", "references", "substitute"]
 
@@ -34,8 +34,7 @@ class TemplateError(ValueError):
         self.offset = offset
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(NamedTuple):
     name: str
     offset: int
 

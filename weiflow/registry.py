@@ -28,6 +28,7 @@ from weiflow.spec.report import Reporter
 __all__ = [
     "ENTRY_POINT_GROUP",
     "AttrDecl",
+    "DeclaresAttrs",
     "ElementDecl",
     "EngineEntry",
     "ModuleCheck",
@@ -128,14 +129,10 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-@dataclass(frozen=True)
-class ElementDecl:
-    """A child element with typed attributes: ``<feature>`` in a module, ``<cluster>`` in a node."""
+class DeclaresAttrs:
+    """Attribute lookup by name for declarations that hold ``attrs: tuple[AttrDecl, ...]``."""
 
-    tag: str
-    attrs: tuple[AttrDecl, ...] = ()
-    max_count: int | None = None
-    help: str = ""
+    attrs: tuple[AttrDecl, ...]
 
     def attr(self, name: str) -> AttrDecl | None:
         return self._attrs_by_name.get(name)
@@ -145,12 +142,22 @@ class ElementDecl:
         return {a.name: a for a in self.attrs}
 
 
+@dataclass(frozen=True)
+class ElementDecl(DeclaresAttrs):
+    """A child element with typed attributes: ``<feature>`` in a module, ``<cluster>`` in a node."""
+
+    tag: str
+    attrs: tuple[AttrDecl, ...] = ()
+    max_count: int | None = None
+    help: str = ""
+
+
 # A semantic check beyond attribute types (e.g. the feature functions' rules).
 ModuleCheck = Callable[[ModuleSpec, Reporter], None]
 
 
 @dataclass(frozen=True)
-class ModuleType:
+class ModuleType(DeclaresAttrs):
     """A module type: its attributes, how many inputs it takes, which children it allows.
 
     ``outputs_attr`` names the attribute that lists a module's named outputs (``split``'s
@@ -166,13 +173,6 @@ class ModuleType:
     outputs_attr: str | None = None
     extra_attrs: bool = False
     help: str = ""
-
-    def attr(self, name: str) -> AttrDecl | None:
-        return self._attrs_by_name.get(name)
-
-    @cached_property
-    def _attrs_by_name(self) -> dict[str, AttrDecl]:
-        return {a.name: a for a in self.attrs}
 
     def child(self, tag: str) -> ElementDecl | None:
         return next((c for c in self.children if c.tag == tag), None)

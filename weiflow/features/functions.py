@@ -6,9 +6,8 @@ import graphlib
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
 
-from weiflow.registry import AttrDecl
+from weiflow.registry import AttrDecl, DeclaresAttrs
 from weiflow.spec.model import Element, ModuleSpec
 from weiflow.spec.report import Reporter, closest, did_you_mean
 
@@ -18,18 +17,11 @@ INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
-class FeatureFunction:
+class FeatureFunction(DeclaresAttrs):
     name: str
     attrs: tuple[AttrDecl, ...]
     categorical: bool
     help: str
-
-    def attr(self, name: str) -> AttrDecl | None:
-        return self._attrs_by_name.get(name)
-
-    @cached_property
-    def _attrs_by_name(self) -> dict[str, AttrDecl]:
-        return {a.name: a for a in self.attrs}
 
 
 _SOURCE = AttrDecl("source", required=True, help="the raw input column")

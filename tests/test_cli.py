@@ -119,7 +119,8 @@ def test_run_failure_exit_code_and_message(tmp_path: Path) -> None:
     result = weiflow("run", str(EXAMPLES / "feed_ctr.xml"), cwd=tmp_path)
     assert result.returncode == 1
     assert "features                 failed" in result.stderr
-    assert "engine 'spark' is declared (its nodes validate) but this WeiFlow build cannot run it yet" in result.stderr
+    # The external input is not on this machine: the node says so before starting Spark.
+    assert "node 'features': external dataset 'events' not found at file:///data/feed/impressions/" in result.stderr
 
 
 def test_run_node_chain_like_airflow(tmp_path: Path) -> None:

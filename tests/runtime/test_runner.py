@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES
 from weiflow.config import load_settings
 from weiflow.dag import compile_file
 from weiflow.errors import ConfigError, DatasetError, EngineNotAvailable, ModuleFailed, UserCodeError
@@ -218,15 +217,26 @@ def test_run_node_refuses_missing_input(make_spec: Callable[..., Path], steps_mo
     run_node(run, "use")  # now it is there
 
 
-def test_spark_node_fails_clearly_until_the_engine_lands(tmp_path: Path) -> None:
+def test_a_node_whose_engine_cannot_run_fails_clearly_and_is_not_retried(make_spec: Callable[..., Path]) -> None:
+    path = make_spec("""
+  <datasets>
+    <dataset name="s" uri="file:///data/s" format="parquet" external="true"/>
+    <dataset name="m" uri="${storage}/m" format="savedmodel"/>
+  </datasets>
+  <node id="train" engine="tensorflow" retries="2">
+    <module id="fit" type="train" dataset="s" model="dnn"/>
+    <module id="save" type="export" input="fit" dataset="m"/>
+  </node>
+  <node id="ship" engine="deploy"><module id="pub" type="publish" dataset="m" model-name="x"/></node>
+""")
     tracker = MemoryTracker()
-    run = make_run(EXAMPLES / "feed_ctr.xml", tracker)
+    run = make_run(path, tracker)
     result = run_pipeline(run)
-    assert result.states == {"features": "failed", "train": "skipped", "deploy": "skipped"}
-    assert "engine 'spark' is declared" in result.errors["features"]
-    assert tracker.kinds().count("node.started") == 1  # not retried, although the spec says retries="1"
+    assert result.states == {"train": "failed", "ship": "skipped"}
+    assert "engine 'tensorflow' is declared" in result.errors["train"]
+    assert tracker.kinds().count("node.started") == 1  # not retried, although the node says retries="2"
     with pytest.raises(EngineNotAvailable, match="cannot run it yet"):
-        run_node(run, "features")
+        run_node(run, "train")
 
 
 def test_missing_callable_is_a_user_code_error(make_spec: Callable[..., Path], steps_module: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from weiflow.config import Settings
 from weiflow.dag.compiler import Dag, ModulePlan, NodePlan
 from weiflow.errors import ConfigError, ModuleFailed, WeiflowError
-from weiflow.spec import did_you_mean, substitute
+from weiflow.spec import Element, did_you_mean, substitute
 from weiflow.spec.params import parse_param_value
 from weiflow.spec.uris import uri_problem
 from weiflow.storage import dataset_size
@@ -133,6 +133,10 @@ class RunContext:
     def resolve(self, text: str) -> str:
         return substitute(text, self.values)
 
+    def resolve_element(self, element: Element) -> dict[str, str]:
+        """A child element's (``<feature>``, ``<conf>``) attributes with references resolved."""
+        return {key: self.resolve(attr.value) for key, attr in element.attrs.items()}
+
     def event(self, kind: EventKind, **fields: Any) -> None:
         self.tracker.emit(Event(kind, self.run_id, self.dag.name, **fields))
 
@@ -178,7 +182,13 @@ class NodeContext:
         return self.run.module_attrs(self.node.id, module)
 
     def record_dataset(
-        self, module: ModulePlan, name: str, *, rows: int | None = None, schema: dict[str, str] | None = None
+        self,
+        module: ModulePlan,
+        name: str,
+        *,
+        rows: int | None = None,
+        schema: dict[str, str] | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> DatasetInfo:
         """Report a committed output (size measured on storage) to the tracker."""
         dataset = self.dataset(name)
@@ -186,7 +196,12 @@ class NodeContext:
         info = DatasetInfo(name, dataset.uri, dataset.format, size, files, rows, schema)
         self.committed.add(name)
         self.run.event(
-            EventKind.DATASET_WRITTEN, node=self.node.id, module=module.id, attempt=self.attempt, dataset=info
+            EventKind.DATASET_WRITTEN,
+            node=self.node.id,
+            module=module.id,
+            attempt=self.attempt,
+            dataset=info,
+            detail=detail or {},
         )
         return info
 

@@ -1,7 +1,7 @@
 """The Spark engine's declarations: module types and attributes, so specs validate completely.
 
-Nothing here imports pyspark. The executor arrives with the Spark engine; until then a
-Spark node fails with EngineNotAvailable, never a silent success.
+Nothing here imports pyspark: the executor (executor.py) is imported only when a Spark node
+runs; without pyspark installed, that node fails with EngineNotAvailable.
 """
 
 from weiflow.features import check_features
@@ -51,7 +51,7 @@ _DATASET_WRITE = AttrDecl("dataset", "dataset", required=True, role="write")
 PLUGIN = Plugin(
     engine="spark",
     help="a node's modules run as one Spark application; DataFrames flow between modules in memory",
-    unavailable="engine 'spark' is declared (its nodes validate) but this WeiFlow build cannot run it yet",
+    executor="weiflow.engines.spark.executor:SparkExecutor",
     formats=("parquet", "csv", "json", "orc", "text", "tfrecord"),
     node_elements=(ElementDecl("conf", (AttrDecl("name", required=True), AttrDecl("value", required=True))),),
     modules=(

@@ -1,0 +1,175 @@
+"""Spark nodes as `weiflow run-node` processes: on a standalone cluster, and killed mid-write."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyspark
+import pytest
+
+from weiflow.storage import SUCCESS_MARKER, is_complete
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SPARK_HOME = Path(pyspark.__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def spec_file(directory: Path, rows: int) -> Path:
+    """A node reading a one-row seed and writing ``rows`` rows: long enough to be killed mid-write."""
+    seed = directory / "seed.json"
+    seed.write_text('{"k": 1}\n')
+    path = directory / "big.xml"
+    path.write_text(f"""<pipeline xmlns="urn:weiflow:pipeline:1" name="big">
+  <datasets>
+    <dataset name="seed" uri="file://{seed}" format="json" external="true"/>
+    <dataset name="out" uri="${{storage}}/big/out" format="parquet"/>
+  </datasets>
+  <node id="gen" engine="spark">
+    <module id="read" type="read" dataset="seed"/>
+    <module id="many" type="sql" input="read"
+            query="SELECT r.id, r.id % 7 AS g, uuid() AS u FROM read CROSS JOIN range({rows}) r"/>
+    <module id="write" type="write" input="many" dataset="out" files="2"/>
+  </node>
+</pipeline>
+""")
+    return path
+
+
+def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIFLOW_")}
+    env.update(SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, WEIFLOW_VAR_DIR=str(tmp_path / "var"))
+    env.update(extra)
+    return env
+
+
+def run_node(tmp_path: Path, spec: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "weiflow", "run-node", str(spec), "--node", "gen", "--run-id", "r1"],
+        env=environment(tmp_path, **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_killed_mid_write_leaves_nothing_complete_and_the_rerun_succeeds(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path, rows=30_000_000)
+    storage = tmp_path / "var" / "storage" / "big"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "weiflow", "run-node", str(spec), "--node", "gen", "--run-id", "r1"],
+        env=environment(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (storage.exists() and any(p.name.startswith(".out.tmp-") for p in storage.iterdir())):
+            assert process.poll() is None, "the node ended before it started writing"
+            assert time.monotonic() < deadline, "the node never started writing"
+            time.sleep(0.05)
+        time.sleep(1.0)  # Spark tasks are writing files now
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and its JVM, as a cancelled task would be
+        process.wait(30)
+    assert not is_complete(f"file://{storage / 'out'}")
+    assert not (storage / "out").exists()
+
+    spec = spec_file(tmp_path, rows=1000)
+    result = run_node(tmp_path, spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((storage / "out" / SUCCESS_MARKER).read_text())["rows"] == 1000
+
+
+@pytest.fixture
+def standalone_master(tmp_path: Path) -> Iterator[str]:
+    """A Spark standalone master and one worker, from the pyspark package's own launcher, on 127.0.0.1."""
+    port, ui, worker_ui = free_port(), free_port(), free_port()
+    env = environment(tmp_path, SPARK_HOME=str(SPARK_HOME), SPARK_LOG_DIR=str(tmp_path / "logs"))
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    logs = (tmp_path / "master.log").open("w"), (tmp_path / "worker.log").open("w")
+    master = subprocess.Popen(
+        [
+            spark_class,
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(ui),
+        ],
+        env=env,
+        stdout=logs[0],
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    worker = subprocess.Popen(
+        [
+            spark_class,
+            "org.apache.spark.deploy.worker.Worker",
+            f"spark://127.0.0.1:{port}",
+            "--host",
+            "127.0.0.1",
+            "--webui-port",
+            str(worker_ui),
+            "--cores",
+            "2",
+            "--memory",
+            "1g",
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        env=env,
+        stdout=logs[1],
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ui}/json/", timeout=2) as response:
+                    if json.load(response).get("aliveworkers", 0) >= 1:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "master.log").read_text()[-2000:]
+            time.sleep(0.5)
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        for process in (worker, master):
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in (worker, master):
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        for log in logs:
+            log.close()
+
+
+def test_the_same_node_runs_on_a_standalone_cluster(tmp_path: Path, standalone_master: str) -> None:
+    spec = spec_file(tmp_path, rows=5000)
+    result = run_node(tmp_path, spec, WEIFLOW_SPARK_MASTER=standalone_master)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "var" / "storage" / "big" / "out"
+    assert json.loads((out / SUCCESS_MARKER).read_text())["rows"] == 5000
+    # The application really ran on the cluster: the worker started an executor for it.
+    apps = list((tmp_path / "work").iterdir())
+    assert len(apps) == 1 and apps[0].name.startswith("app-")

@@ -206,3 +206,34 @@ def test_sync_copies_once_then_skips(make_spec: Callable[..., Path], tmp_path: P
     target = isolated_var / "storage" / "warehouse" / "clicks"
     assert (target / "b.json").read_text() == '{"q": "changed"}\n'
     assert (target / "part=1" / "a.json").read_text() == '{"q": "x"}\n'
+
+
+def test_features_module_writes_its_feature_map_next_to_the_samples(
+    spark: Any, events: Path, make_spec: Callable[..., Path], isolated_var: Path
+) -> None:
+    from weiflow.features import FeatureMap, OnlineFeatures
+
+    nodes = """
+  <node id="prep" engine="spark">
+    <module id="read" type="read" dataset="events"/>
+    <module id="feats" type="features" input="read" label="label" keep="id">
+      <feature name="age_b" fn="piecewise" source="age" boundaries="18,30"/>
+      <feature name="city_id" fn="pickcat" source="city" top="2"/>
+      <feature name="ctr_z" fn="normalize" source="ctr" method="zscore"/>
+      <feature name="age_city" fn="descartes" sources="age_b,city_id"/>
+      <feature name="u_item" fn="combinehash" sources="uid,item" buckets="1000"/>
+    </module>
+    <module id="write" type="write" input="feats" dataset="clean"/>
+  </node>
+"""
+    ctx, _ = run(make_spec(spec(events, nodes)))
+    assert run_pipeline(ctx).succeeded
+    out = isolated_var / "storage" / "clean" / "2026-11-20"
+    fmap = FeatureMap.from_json((out / "_featuremap.json").read_text())
+    written = {r.id: r.asDict() for r in spark.read.parquet(str(out)).collect()}
+    raw = {r.id: r.asDict() for r in spark.read.parquet(str(events)).collect()}
+    online = OnlineFeatures(fmap).transform_rows(raw[i] for i in sorted(written))
+    for row, expected in zip(online, (written[i] for i in sorted(written)), strict=True):
+        for name in ("age_b", "city_id", "age_city", "u_item"):
+            assert row[name] == expected[name], name
+        assert abs(row["ctr_z"] - expected["ctr_z"]) < 1e-12

@@ -13,19 +13,18 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from weiflow.dag.compiler import ModulePlan
+from weiflow.engines.spark.features import apply_feature_map, fit_feature_map
 from weiflow.errors import DatasetError, ModuleFailed
+from weiflow.features.featuremap import FeatureError, FeatureMap
 from weiflow.runtime import Executor, NodeContext
 from weiflow.storage import atomic_output, local_path, sync_dataset
-
-if TYPE_CHECKING:
-    from weiflow.features.featuremap import FeatureMap  # type: ignore[import-not-found]  # in progress
 
 __all__ = ["DEFAULT_MASTER", "SparkExecutor", "spark_conf"]
 
@@ -108,6 +107,8 @@ class SparkExecutor(Executor):
             return runner(self, ctx, module, attrs, inputs)
         except PySparkException as exc:
             raise ModuleFailed(ctx.node.id, module.id, _spark_message(exc)) from exc
+        except FeatureError as exc:
+            raise ModuleFailed(ctx.node.id, module.id, str(exc)) from exc
 
     @property
     def session(self) -> SparkSession:
@@ -160,8 +161,6 @@ def _read(
     feature_map = None
     path = local_path(dataset.uri)
     if path is not None and (path / FEATURE_MAP_FILE).is_file():
-        from weiflow.features.featuremap import FeatureMap
-
         feature_map = FeatureMap.from_json((path / FEATURE_MAP_FILE).read_text(), source=str(path / FEATURE_MAP_FILE))
     return _Output(frame, feature_map)
 
@@ -290,8 +289,6 @@ def _sync(
 def _features(
     ex: SparkExecutor, ctx: NodeContext, module: ModulePlan, attrs: dict[str, Any], inputs: dict[str, Any]
 ) -> _Output:
-    from weiflow.engines.spark.features import apply_feature_map, fit_feature_map  # type: ignore[import-not-found]
-    from weiflow.features.featuremap import FeatureMap
 
     source = _only_input(inputs)
     declared = FeatureMap.declare(

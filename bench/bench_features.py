@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # UDF workers need this venv
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F

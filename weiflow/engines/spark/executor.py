@@ -209,8 +209,8 @@ def _select(
 def _sql(
     ex: SparkExecutor, ctx: NodeContext, module: ModulePlan, attrs: dict[str, Any], inputs: dict[str, Any]
 ) -> _Output:
-    query = attrs.get("query") or next(c.text for c in module.spec.children if c.tag == "query")
-    query = ctx.run.resolve(query)
+    # query= is resolved with the other attributes; a <query> element's text is resolved here.
+    query = attrs.get("query") or ctx.run.resolve(next(c.text for c in module.spec.children if c.tag == "query"))
     feature_map = None
     for name, value in inputs.items():
         output = _frame(value)

@@ -27,6 +27,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from weiflow.engines.spark.executor import start_session
 from weiflow.engines.spark.features import apply_feature_map, fit_feature_map
 from weiflow.features.featuremap import FeatureMap
 from weiflow.features.online import OnlineFeatures
@@ -122,13 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_features: ignoring options for other benches: {' '.join(unknown)}", file=sys.stderr)
     if args.quick:
         args.rows, args.udf_rows, args.repeats = 200_000, 50_000, 1
-    spark = (
-        SparkSession.builder.master("local[2]")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.memory", "4g")
-        .config("spark.sql.shuffle.partitions", "8")
-        .getOrCreate()
+    spark = start_session(
+        {"spark.master": "local[2]", "spark.driver.memory": "4g", "spark.sql.shuffle.partitions": "8"}
     )
     spark.sparkContext.setLogLevel("ERROR")
     frame = synthetic(spark, args.rows)

@@ -26,7 +26,7 @@ from weiflow.features.featuremap import FeatureError, FeatureMap
 from weiflow.runtime import Executor, NodeContext
 from weiflow.storage import atomic_output, local_path, sync_dataset
 
-__all__ = ["DEFAULT_MASTER", "SparkExecutor", "spark_conf"]
+__all__ = ["DEFAULT_MASTER", "SparkExecutor", "spark_conf", "start_session"]
 
 DEFAULT_MASTER = "local[*]"
 FEATURE_MAP_FILE = "_featuremap.json"
@@ -54,6 +54,15 @@ def spark_conf(ctx: NodeContext) -> dict[str, str]:
     return conf
 
 
+def start_session(conf: dict[str, str]) -> SparkSession:
+    """A Spark application with WeiFlow's defaults (127.0.0.1, no UI, UTC) under ``conf``."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # before the JVM starts
+    builder = SparkSession.builder
+    for key, value in {**_DEFAULTS, **conf}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
 @dataclass
 class _Output:
     """A module's output: a DataFrame and the feature map that produced its columns, if any."""
@@ -79,10 +88,7 @@ class SparkExecutor(Executor):
                 if key.startswith("spark.sql.") and key != "spark.sql.session.timeZone":
                     session.conf.set(key, value)  # the node's SQL settings still apply
         else:
-            builder = SparkSession.builder
-            for key, value in conf.items():
-                builder = builder.config(key, value)
-            session = builder.getOrCreate()
+            session = start_session(conf)
         with self._lock:
             self._session = session
         try:

@@ -44,9 +44,11 @@ _DEFAULTS = {
 
 
 def spark_conf(ctx: NodeContext) -> dict[str, str]:
-    """The node's Spark settings: defaults, then ``WEIFLOW_SPARK_MASTER``, then the node's ``<conf>``."""
-    conf = dict(_DEFAULTS)
-    conf["spark.master"] = os.environ.get("WEIFLOW_SPARK_MASTER", DEFAULT_MASTER)
+    """The node's Spark settings: ``WEIFLOW_SPARK_MASTER`` (else local[*]), then the node's ``<conf>``.
+
+    WeiFlow's defaults go under these when :func:`start_session` starts the application.
+    """
+    conf = {"spark.master": os.environ.get("WEIFLOW_SPARK_MASTER", DEFAULT_MASTER)}
     conf["spark.app.name"] = f"weiflow:{ctx.run.dag.name}:{ctx.node.id}:{ctx.run_id}"
     for element in ctx.node.spec.config:
         if element.tag == "conf":
@@ -77,7 +79,6 @@ class SparkExecutor(Executor):
         self._lock = threading.Lock()
 
     def run_node(self, ctx: NodeContext) -> None:
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # before the JVM starts
         conf = spark_conf(ctx)
         # An application already running in this process (a notebook, a test) is reused and
         # left running; one WeiFlow starts is stopped when the node ends.
@@ -85,7 +86,7 @@ class SparkExecutor(Executor):
         if existing is not None:
             session = existing
             for key, value in conf.items():
-                if key.startswith("spark.sql.") and key != "spark.sql.session.timeZone":
+                if key.startswith("spark.sql."):
                     session.conf.set(key, value)  # the node's SQL settings still apply
         else:
             session = start_session(conf)

@@ -180,8 +180,9 @@ def test_a_signal_cancels_a_running_node(tmp_path: Path, signum: int) -> None:
 
 def test_modules_lists_the_registry() -> None:
     out = weiflow("modules", "tensorflow", check=True).stdout
-    assert out.startswith("tensorflow  (validate only)")
+    assert out.startswith("tensorflow  ")
     assert "batch-size" in out and "whole number (>= 1)" in out
+    assert weiflow("modules", "deploy", check=True).stdout.startswith("deploy  (validate only)")
 
 
 def test_config_file_and_environment(tmp_path: Path) -> None:

@@ -192,6 +192,9 @@ class Plugin:
     formats: tuple[str, ...] = ()
     unavailable: str | None = None
     help: str = ""
+    # Named objects the engine looks up at run time, as "package.module:attribute" (the
+    # TensorFlow engine's custom models: <module type="train" model="my_model"/>).
+    models: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -206,6 +209,7 @@ class EngineEntry:
     unavailable: str | None = None
     help: str = ""
     sources: dict[str, str] = field(default_factory=dict)  # module type -> plug-in that declared it
+    models: dict[str, str] = field(default_factory=dict)
 
 
 class Registry:
@@ -257,6 +261,12 @@ class Registry:
                 f"{source}: engine '{plugin.engine}' already has executor {entry.executor}; "
                 f"a plug-in may add module types to an engine but not replace its executor"
             )
+        for name in plugin.models:
+            if name in entry.models and entry.models[name] != plugin.models[name]:
+                raise RegistryError(
+                    f"{source}: model '{name}' of engine '{plugin.engine}' is already provided by {entry.models[name]}"
+                )
+        entry.models.update(plugin.models)
         for module in plugin.modules:
             entry.modules[module.name] = module
             entry.sources[module.name] = source

@@ -41,6 +41,8 @@ class EventKind(StrEnum):
     MODULE_SUCCEEDED = "module.succeeded"
     MODULE_FAILED = "module.failed"
     DATASET_WRITTEN = "dataset.written"
+    METRICS = "module.metrics"  # figures a module measured (training loss and speed, evaluation metrics)
+    CLUSTER_STARTED = "cluster.started"  # the processes (or pods) a node started, for operators and audits
 
 
 @dataclass(frozen=True)

@@ -220,23 +220,22 @@ def test_run_node_refuses_missing_input(make_spec: Callable[..., Path], steps_mo
 def test_a_node_whose_engine_cannot_run_fails_clearly_and_is_not_retried(make_spec: Callable[..., Path]) -> None:
     path = make_spec("""
   <datasets>
-    <dataset name="s" uri="file:///data/s" format="parquet" external="true"/>
-    <dataset name="m" uri="${storage}/m" format="savedmodel"/>
+    <dataset name="m" uri="file:///models/m" format="savedmodel" external="true"/>
+    <dataset name="report" uri="${storage}/report" format="json"/>
   </datasets>
-  <node id="train" engine="tensorflow" retries="2">
-    <module id="fit" type="train" dataset="s" model="dnn"/>
-    <module id="save" type="export" input="fit" dataset="m"/>
+  <node id="ship" engine="deploy" retries="2"><module id="pub" type="publish" dataset="m" model-name="x"/></node>
+  <node id="tell" engine="python" depends="ship">
+    <module id="f" type="call" callable="json:dumps" writes="report"/>
   </node>
-  <node id="ship" engine="deploy"><module id="pub" type="publish" dataset="m" model-name="x"/></node>
 """)
     tracker = MemoryTracker()
     run = make_run(path, tracker)
     result = run_pipeline(run)
-    assert result.states == {"train": "failed", "ship": "skipped"}
-    assert "engine 'tensorflow' is declared" in result.errors["train"]
+    assert result.states == {"ship": "failed", "tell": "skipped"}
+    assert "engine 'deploy' is declared" in result.errors["ship"]
     assert tracker.kinds().count("node.started") == 1  # not retried, although the node says retries="2"
     with pytest.raises(EngineNotAvailable, match="cannot run it yet"):
-        run_node(run, "train")
+        run_node(run, "ship")
 
 
 def test_missing_callable_is_a_user_code_error(make_spec: Callable[..., Path], steps_module: str) -> None:

@@ -1,0 +1,238 @@
+"""TensorFlow nodes end to end: PS training to a known AUC, the launcher's lifecycle, resume, export.
+
+Every test runs real processes: the PS and worker servers, the chief, and (for the lifecycle
+tests) ``weiflow run-node`` itself, killed or signalled the way a scheduler would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.engines.tensorflow.samples import write_samples
+from weiflow.config import load_settings
+from weiflow.dag import compile_file
+from weiflow.runtime import RunContext, run_pipeline
+from weiflow.storage import is_complete
+from weiflow.tracking import Event, EventKind, MemoryTracker, read_events, run_log_path
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HERE = Path(__file__).parent
+WEIFLOW = str(Path(sys.executable).parent / "weiflow")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tf-data")
+    write_samples(root / "samples", 40_000, files=4, seed=0)
+    write_samples(root / "holdout", 8_000, files=1, seed=1)
+    return root
+
+
+def pipeline(data: Path, cluster: str, train: str, rest: str = "") -> str:
+    return textwrap.dedent(f"""\
+        <pipeline xmlns="urn:weiflow:pipeline:1" name="ctr">
+          <datasets>
+            <dataset name="samples" uri="file://{data}/samples" format="parquet" external="true"/>
+            <dataset name="holdout" uri="file://{data}/holdout" format="parquet" external="true"/>
+            <dataset name="model" uri="${{storage}}/model/${{run_id}}" format="savedmodel"/>
+          </datasets>
+          <node id="train" engine="tensorflow">
+            {cluster}
+            <module id="fit" type="train" dataset="samples" {train}/>
+            {rest}
+          </node>
+        </pipeline>
+        """)
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting to be reaped."""
+    try:
+        with Path(f"/proc/{pid}/stat").open() as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def assert_all_gone(pids: list[int], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not [p for p in pids if alive(p)], "cluster processes outlived the run"
+
+
+def cluster_pids(events: list[Event]) -> dict[str, int]:
+    started = [e for e in events if e.kind is EventKind.CLUSTER_STARTED]
+    assert started, "no cluster.started event"
+    return {task: int(pid) for task, pid in started[-1].detail["processes"].items()}
+
+
+def metrics(events: list[Event], module: str) -> dict[str, float]:
+    found = [e.detail for e in events if e.kind is EventKind.METRICS and e.module == module]
+    assert found, f"no metrics from module {module}"
+    return found[-1]
+
+
+def test_ps_training_reaches_the_signal_evaluates_and_exports_a_servable_model(
+    data: Path, make_spec: Callable[..., Path], isolated_var: Path
+) -> None:
+    spec = make_spec(
+        pipeline(
+            data,
+            '<cluster ps="1" workers="2" backend="local"/>',
+            'model="wide_deep" hidden-units="32,16" steps="400" batch-size="256" learning-rate="0.1"',
+            '<module id="eval" type="evaluate" input="fit" dataset="holdout" metrics="auc,logloss,accuracy"/>'
+            '<module id="save" type="export" input="fit" dataset="model" model-name="ctr" version="7"/>',
+        )
+    )
+    tracker = MemoryTracker()
+    run = RunContext.create(compile_file(spec), settings=load_settings(), tracker=tracker, run_id="r1")
+    result = run_pipeline(run)
+    assert result.succeeded, result.errors
+
+    # The launcher stopped every process once the chief was done: PS servers included.
+    pids = cluster_pids(tracker.events)
+    assert sorted(pids) == ["chief:0", "ps:0", "worker:0", "worker:1"]
+    assert_all_gone(list(pids.values()))
+
+    trained = metrics(tracker.events, "fit")
+    assert trained["steps"] == 400 and trained["ps"] == 1 and trained["workers"] == 2
+    evaluated = metrics(tracker.events, "eval")
+    assert evaluated["auc"] >= 0.75, evaluated
+    assert 0 < evaluated["logloss"] < 0.69 and evaluated["examples"] == 8000
+
+    # TF Serving's layout, committed atomically, with the feature map beside the SavedModel.
+    out = isolated_var / "storage" / "model" / "r1"
+    assert is_complete(f"file://{out}")
+    version = out / "ctr" / "7"
+    assert (version / "saved_model.pb").is_file()
+    assert json.loads((version / "assets.extra" / "featuremap.json").read_text())["features"]
+
+    # The SavedModel, loaded in a fresh process, predicts what the trained model predicts.
+    rows = pq.read_table(data / "holdout").slice(0, 300).to_pydict()
+    job = isolated_var / "tensorflow" / "ctr" / "r1" / "train" / "fit" / "job.json"
+
+    def predict(kind: str, where: Path) -> list[float]:
+        proc = subprocess.run(
+            [sys.executable, str(HERE / "predict.py"), kind, str(where)],
+            input=json.dumps(rows),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return list(json.loads(proc.stdout))
+
+    served, trained_now = predict("savedmodel", version), predict("checkpoint", job)
+    assert len(served) == 300
+    assert served == pytest.approx(trained_now, rel=1e-5, abs=1e-6)
+    assert len({round(p, 3) for p in served}) > 10  # a model that learned something, not a constant
+
+
+def start_node(spec: Path, run_id: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [WEIFLOW, "run-node", str(spec), "--node", "train", "--run-id", run_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(extra_env or {})},
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def run_log(isolated_var: Path, run_id: str) -> Path:
+    return run_log_path(isolated_var / "runs", "ctr", run_id)
+
+
+def training_started(isolated_var: Path, run_id: str) -> Callable[[], bool]:
+    """True once the chief has logged a finished step, i.e. every process is up and training."""
+
+    def check() -> bool:
+        log = isolated_var / "tensorflow" / "ctr" / run_id / "train" / "fit" / "logs" / "chief-0.log"
+        return log.is_file() and "step " in log.read_text(errors="replace")
+
+    return check
+
+
+LONG = 'model="logistic" steps="1000000" batch-size="64" checkpoint-every="100"'
+
+
+def test_a_worker_killed_with_sigkill_fails_the_node_fast_and_stops_everything(
+    data: Path, make_spec: Callable[..., Path], isolated_var: Path
+) -> None:
+    spec = make_spec(pipeline(data, '<cluster ps="1" workers="2"/>', LONG))
+    node = start_node(spec, "k1")
+    try:
+        wait_for(training_started(isolated_var, "k1"), 120, "training to start")
+        pids = cluster_pids(read_events(run_log(isolated_var, "k1")))
+        os.kill(pids["worker:1"], signal.SIGKILL)
+        out, _ = node.communicate(timeout=30)
+    finally:
+        node.kill()
+    assert node.returncode == 1, out
+    assert "worker:1" in out and "SIGKILL" in out
+    assert_all_gone(list(pids.values()))
+
+
+def test_sigterm_to_the_launcher_stops_every_process_of_the_cluster(
+    data: Path, make_spec: Callable[..., Path], isolated_var: Path
+) -> None:
+    spec = make_spec(pipeline(data, '<cluster ps="1" workers="2"/>', LONG))
+    node = start_node(spec, "t1")
+    try:
+        wait_for(training_started(isolated_var, "t1"), 120, "training to start")
+        pids = cluster_pids(read_events(run_log(isolated_var, "t1")))
+        node.send_signal(signal.SIGTERM)
+        out, _ = node.communicate(timeout=30)
+    finally:
+        node.kill()
+    assert node.returncode == 130, out
+    assert_all_gone(list(pids.values()))
+    failed = [e for e in read_events(run_log(isolated_var, "t1")) if e.kind is EventKind.NODE_FAILED]
+    assert failed and failed[-1].error == "cancelled"
+
+
+def test_a_killed_node_resumes_from_its_checkpoint_when_rerun(
+    data: Path, make_spec: Callable[..., Path], isolated_var: Path
+) -> None:
+    spec = make_spec(
+        pipeline(
+            data, '<cluster ps="1" workers="1"/>', 'model="dnn" steps="3000" batch-size="64" checkpoint-every="100"'
+        )
+    )
+    checkpoints = isolated_var / "tensorflow" / "ctr" / "r2" / "train" / "fit" / "checkpoints"
+    node = start_node(spec, "r2")
+    try:
+        wait_for((checkpoints / "checkpoint").is_file, 120, "a first checkpoint")
+        pids = cluster_pids(read_events(run_log(isolated_var, "r2")))
+        node.kill()  # SIGKILL: no cleanup in the launcher; its children die with it (PDEATHSIG)
+        node.wait(10)
+    finally:
+        node.kill()
+    assert_all_gone(list(pids.values()))
+
+    rerun = start_node(spec, "r2")
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    trained = metrics(read_events(run_log(isolated_var, "r2")), "fit")
+    assert trained["steps"] == 3000
+    assert trained["resumed_from"] is not None and 100 <= trained["resumed_from"] < 3000

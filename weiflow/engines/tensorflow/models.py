@@ -53,23 +53,46 @@ class _Seeds:
         return self.next
 
 
+class _Ids:
+    """Every categorical feature's ids as rows of one table: feature k's ids start at offset k.
+
+    One table per model part instead of one per feature means one gather and one sparse update
+    per step: on a parameter-server cluster each variable a step touches costs a round trip.
+    """
+
+    def __init__(self, inputs: Sequence[FeatureInput]) -> None:
+        self.names = [f.name for f in inputs if f.categorical]
+        cards = [f.cardinality or 0 for f in inputs if f.categorical]
+        self.offsets = [sum(cards[:k]) for k in range(len(cards))]
+        self.rows = max(1, sum(cards))
+
+    def __call__(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """[batch, features] row indices into the shared table."""
+        return tf.stack([features[n] + o for n, o in zip(self.names, self.offsets, strict=True)], axis=1)
+
+
 class Linear(tf.Module):
     """The wide part: one weight per categorical id, one per numeric feature, and a bias."""
 
     def __init__(self, inputs: Sequence[FeatureInput], seeds: _Seeds) -> None:
         super().__init__(name="linear")
-        self.inputs = list(inputs)
-        self.weights = {f.name: tf.Variable(tf.zeros([f.cardinality or 1, 1]), name=f"w_{f.name}") for f in self.inputs}
+        self.ids = _Ids(inputs)
+        self.reals = [f.name for f in inputs if not f.categorical]
+        self.id_weights = tf.Variable(tf.zeros([self.ids.rows, 1]), name="id_weights")
+        self.real_weights = tf.Variable(tf.zeros([max(1, len(self.reals))]), name="real_weights")
         self.bias = tf.Variable(0.0, name="bias")
 
     def __call__(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        logit = tf.fill(tf.shape(features[self.inputs[0].name]), self.bias) if self.inputs else self.bias
-        for f in self.inputs:
-            if f.categorical:
-                logit += tf.squeeze(tf.nn.embedding_lookup(self.weights[f.name], features[f.name]), 1)
-            else:
-                logit += features[f.name] * self.weights[f.name][0, 0]
+        logit = tf.convert_to_tensor(self.bias)
+        if self.ids.names:
+            logit += tf.reduce_sum(tf.nn.embedding_lookup(self.id_weights, self.ids(features)), axis=[1, 2])
+        if self.reals:
+            logit += tf.linalg.matvec(_reals(features, self.reals), self.real_weights)
         return logit
+
+
+def _reals(features: Mapping[str, tf.Tensor], names: Sequence[str]) -> tf.Tensor:
+    return tf.stack([features[n] for n in names], axis=1)
 
 
 class Dense(tf.Module):
@@ -93,17 +116,14 @@ class Deep(tf.Module):
         self, inputs: Sequence[FeatureInput], hidden: Sequence[int], dim: int, seeds: _Seeds, residual: bool
     ) -> None:
         super().__init__(name="deep")
-        self.inputs = list(inputs)
+        self.ids = _Ids(inputs)
+        self.reals = [f.name for f in inputs if not f.categorical]
+        self.dim = dim
         self.residual = residual
-        self.embeddings = {
-            f.name: tf.Variable(
-                tf.random.stateless_normal([f.cardinality or 1, dim], seed=[seeds(), 0], stddev=0.05),
-                name=f"emb_{f.name}",
-            )
-            for f in self.inputs
-            if f.categorical
-        }
-        width = dim * len(self.embeddings) + sum(not f.categorical for f in self.inputs)
+        self.embeddings = tf.Variable(
+            tf.random.stateless_normal([self.ids.rows, dim], seed=[seeds(), 0], stddev=0.05), name="embeddings"
+        )
+        width = dim * len(self.ids.names) + len(self.reals)
         widths = [hidden[0]] * len(hidden) if residual else list(hidden)
         self.layers = []
         for i, units in enumerate(widths):
@@ -113,12 +133,12 @@ class Deep(tf.Module):
 
     def __call__(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
         parts = []
-        for f in self.inputs:
-            if f.categorical:
-                parts.append(tf.nn.embedding_lookup(self.embeddings[f.name], features[f.name]))
-            else:
-                parts.append(tf.expand_dims(features[f.name], 1))
-        x = tf.concat(parts, axis=1)
+        if self.ids.names:
+            looked_up = tf.nn.embedding_lookup(self.embeddings, self.ids(features))
+            parts.append(tf.reshape(looked_up, [-1, self.dim * len(self.ids.names)]))
+        if self.reals:
+            parts.append(_reals(features, self.reals))
+        x = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
         for i, layer in enumerate(self.layers):
             y = tf.nn.relu(layer(x))
             x = x + y if self.residual and i > 0 else y

@@ -21,13 +21,13 @@ from weiflow.storage import SUCCESS_MARKER
 CITIES = [f"city{i}" for i in range(20)]
 
 
-def feature_map() -> FeatureMap:
+def feature_map(hash_buckets: int = 1000) -> FeatureMap:
     declared = FeatureMap.declare(
         [
             {"name": "age_b", "fn": "piecewise", "source": "age", "boundaries": "18,25,35,50"},
             {"name": "city", "fn": "pickcat", "source": "city", "values": ",".join(CITIES)},
             {"name": "age_city", "fn": "descartes", "sources": "age_b,city"},
-            {"name": "u_hash", "fn": "combinehash", "sources": "uid", "buckets": "1000"},
+            {"name": "u_hash", "fn": "combinehash", "sources": "uid", "buckets": str(hash_buckets)},
             {"name": "ctr", "fn": "normalize", "source": "hist_ctr", "method": "zscore"},
         ],
         label="label",
@@ -39,7 +39,7 @@ def feature_map() -> FeatureMap:
     return replace(declared, features=fitted)
 
 
-def write_samples(path: Path, rows: int, *, files: int = 4, seed: int = 0) -> Path:
+def write_samples(path: Path, rows: int, *, files: int = 4, seed: int = 0, hash_buckets: int = 1000) -> Path:
     """A complete Parquet dataset at ``path``: mapped feature ids, a label, the feature map beside them."""
     rng = np.random.default_rng(seed)
     raw = {
@@ -48,7 +48,7 @@ def write_samples(path: Path, rows: int, *, files: int = 4, seed: int = 0) -> Pa
         "uid": rng.integers(0, 5000, rows).tolist(),
         "hist_ctr": rng.exponential(0.1, rows),
     }
-    fmap = feature_map()
+    fmap = feature_map(hash_buckets)
     ids = OnlineFeatures(fmap).transform_columns(raw)
     city_effect = np.linspace(-2.0, 2.0, len(CITIES) + 1)
     signal = city_effect[ids["city"]] + 0.8 * (ids["age_b"] - 2) + 0.8 * ids["ctr"] - 0.4

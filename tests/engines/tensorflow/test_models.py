@@ -120,3 +120,15 @@ def test_mistakes_fail_before_any_process_starts(
     with pytest.raises(ModuleFailed, match=re.escape(message)):
         run_node(run, "train")
     assert not [e for e in tracker.events if e.kind is EventKind.CLUSTER_STARTED]
+
+
+def test_an_embedding_too_large_for_memory_is_refused_with_the_feature_to_hash(
+    tmp_path: Path, make_spec: Callable[..., Path]
+) -> None:
+    wide = write_samples(tmp_path / "wide", 100, files=1, hash_buckets=1 << 28)
+    modules = '<module id="fit" type="train" dataset="samples" model="dnn" steps="5"/>'
+    run = RunContext.create(
+        compile_file(make_spec(spec(wide, modules))), settings=load_settings(), tracker=MemoryTracker()
+    )
+    with pytest.raises(ModuleFailed, match="'u_hash' alone has 268,435,456: hash it into fewer ids"):
+        run_node(run, "train")

@@ -48,6 +48,9 @@ __all__ = ["FEATURE_MAP_FILE", "TensorflowExecutor", "read_samples"]
 FEATURE_MAP_FILE = "_featuremap.json"  # written next to the samples by the Spark engine's features module
 TFRECORD_SCHEMA_FILE = "_schema.json"  # written next to TFRecord samples by the Spark engine
 _CHIEF = (sys.executable, "-m", "weiflow.engines.tensorflow.trainer")
+# Embedding rows of all categorical features together: 2^27 rows of 8 floats is 4 GiB per table
+# and its optimizer slots; beyond that a model belongs on sharded variables (not done yet).
+_MAX_EMBEDDING_ROWS = 1 << 27
 _CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
@@ -246,6 +249,15 @@ def _train(call: _Call) -> TrainedModel:
             module.id,
             f"dataset '{dataset.name}' has no numeric column {', '.join(missing)}; numeric columns: {found}",
         )
+    ids = sum(f.cardinality or 0 for f in features)
+    if ids > _MAX_EMBEDDING_ROWS:
+        widest = max(features, key=lambda f: f.cardinality or 0)
+        raise ModuleFailed(
+            ctx.node.id,
+            module.id,
+            f"the categorical features have {ids:,} ids in all, more than {_MAX_EMBEDDING_ROWS:,} embedding rows; "
+            f"'{widest.name}' alone has {widest.cardinality:,}: hash it into fewer ids (combinehash buckets=)",
+        )
     custom = default_registry().engines["tensorflow"].models
     if attrs["model"] not in CANNED_MODELS and attrs["model"] not in custom:
         known = [*CANNED_MODELS, *custom]
@@ -253,10 +265,9 @@ def _train(call: _Call) -> TrainedModel:
         raise ModuleFailed(ctx.node.id, module.id, f"unknown model '{attrs['model']}' ({hint})")
     steps = attrs.get("steps")
     if steps is None:
-        rows = samples.data.rows
-        if rows is None:
+        if samples.data.rows is None:
             raise ModuleFailed(ctx.node.id, module.id, "give steps=: the dataset's row count is unknown")
-        steps = max(1, -(-rows * attrs.get("epochs", 1) // attrs["batch-size"]))
+        steps = max(1, -(-samples.data.rows * attrs.get("epochs", 1) // attrs["batch-size"]))
     job = TrainJob(
         model=attrs["model"],
         inputs=features,

@@ -9,22 +9,38 @@ become, next to the data (Spark readers skip files starting with ``_``).
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pyspark.errors import PySparkException
+import fsspec
+from pyspark.errors import PySparkException, PythonException
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from weiflow.dag.compiler import ModulePlan
+from weiflow.engines.spark.driver import driver_arguments
 from weiflow.engines.spark.features import apply_feature_map, fit_feature_map
-from weiflow.errors import DatasetError, ModuleFailed
+from weiflow.engines.spark.submit import (
+    SubmittedApplication,
+    cluster_mode_problem,
+    deploy_mode,
+    submit_command,
+    submit_environment,
+    wants_submit,
+)
+from weiflow.engines.spark.tfrecord import read_tfrecord, tfrecord_columns, write_tfrecord
+from weiflow.errors import ConfigError, DatasetError, ModuleFailed, WeiflowError
 from weiflow.features.featuremap import FeatureError, FeatureMap
 from weiflow.runtime import Executor, NodeContext
-from weiflow.storage import atomic_output, local_path, sync_dataset
+from weiflow.storage import SUCCESS_MARKER, atomic_output, local_path, sync_dataset
+from weiflow.tracking import Event, EventKind
 
 __all__ = ["DEFAULT_MASTER", "SparkExecutor", "spark_conf", "start_session"]
 
@@ -32,15 +48,16 @@ DEFAULT_MASTER = "local[*]"
 FEATURE_MAP_FILE = "_featuremap.json"
 
 # Settings WeiFlow applies unless the node's <conf> or WEIFLOW_SPARK_MASTER says otherwise:
-# every server on 127.0.0.1, no web UI port, and no second (empty) _SUCCESS from Hadoop's
-# committer: WeiFlow writes its own marker when the dataset is committed.
+# no web UI port, UTC, and no second (empty) _SUCCESS from Hadoop's committer: WeiFlow writes
+# its own marker when the dataset is committed.
 _DEFAULTS = {
-    "spark.driver.host": "127.0.0.1",
-    "spark.driver.bindAddress": "127.0.0.1",
     "spark.ui.enabled": "false",
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
     "spark.sql.session.timeZone": "UTC",
 }
+# And for a driver on this machine: every server on 127.0.0.1. Not for a driver that runs in
+# the cluster (deploy mode cluster), which executors on other hosts must reach.
+_LOOPBACK = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
 
 
 def spark_conf(ctx: NodeContext) -> dict[str, str]:
@@ -59,8 +76,11 @@ def spark_conf(ctx: NodeContext) -> dict[str, str]:
 def start_session(conf: dict[str, str]) -> SparkSession:
     """A Spark application with WeiFlow's defaults (127.0.0.1, no UI, UTC) under ``conf``."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # before the JVM starts
+    # Python tasks (the TFRecord data source) need this interpreter's packages, not whatever
+    # "python3" is first on PATH, which is what Spark runs otherwise.
+    os.environ.setdefault("PYSPARK_PYTHON", conf.get("spark.pyspark.python", sys.executable))
     builder = SparkSession.builder
-    for key, value in {**_DEFAULTS, **conf}.items():
+    for key, value in {**_DEFAULTS, **_LOOPBACK, **conf}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 
@@ -76,12 +96,21 @@ class _Output:
 class SparkExecutor(Executor):
     def __init__(self) -> None:
         self._session: SparkSession | None = None
+        self._app: SubmittedApplication | None = None
         self._lock = threading.Lock()
 
     def run_node(self, ctx: NodeContext) -> None:
         conf = spark_conf(ctx)
-        # An application already running in this process (a notebook, a test) is reused and
-        # left running; one WeiFlow starts is stopped when the node ends.
+        if wants_submit(conf):
+            self._run_submitted(ctx, conf)
+        else:
+            self.run_in_process(ctx, conf)
+
+    def run_in_process(self, ctx: NodeContext, conf: dict[str, str] | None = None) -> None:
+        """Run the node's modules on a Spark application in this process (what the submit path's driver does)."""
+        conf = conf or spark_conf(ctx)
+        # An application already running in this process (a notebook, a test, spark-submit's
+        # driver) is reused and left running; one WeiFlow starts is stopped when the node ends.
         existing = SparkSession.getActiveSession()
         if existing is not None:
             session = existing
@@ -101,11 +130,66 @@ class SparkExecutor(Executor):
             if existing is None:
                 session.stop()
 
+    def _run_submitted(self, ctx: NodeContext, conf: dict[str, str]) -> None:
+        """Run the node as a spark-submit application, relaying its events; see submit.py."""
+        problem = cluster_mode_problem(conf)
+        if problem is not None:
+            raise ConfigError(f"node '{ctx.node.id}': {problem}")
+        cluster = deploy_mode(conf) == "cluster"
+        spec = Path(ctx.run.dag.spec.file).resolve()
+        run = ctx.run
+        args = driver_arguments(
+            # In cluster mode the spec travels with --files into the driver's working directory.
+            spec=spec.name if cluster else str(spec),
+            node=ctx.node.id,
+            run_id=ctx.run_id,
+            ds=run.ds,
+            attempt=ctx.attempt,
+            storage=run.settings.storage,
+            spec_sha256=run.dag.spec.sha256,
+            params={p.name: run.values[p.name] for p in run.dag.spec.params},
+        )
+        command = submit_command(
+            {**_DEFAULTS, **({} if cluster else _LOOPBACK), **conf}, args, files=[str(spec)] if cluster else ()
+        )
+        failed: list[Event] = []
+
+        def relay(event: Event) -> None:
+            if event.kind is EventKind.DATASET_WRITTEN and event.dataset is not None:
+                ctx.committed.add(event.dataset.name)
+            if event.kind is EventKind.MODULE_FAILED:
+                failed.append(event)
+            run.tracker.emit(event)
+
+        app = SubmittedApplication(command, env=submit_environment(conf, os.environ), on_event=relay)
+        with self._lock:
+            self._app = app
+        try:
+            app.start()
+            status = app.wait()
+        finally:
+            with self._lock:
+                self._app = None
+            app.stop()
+        if app.cancelled:
+            raise WeiflowError(f"node '{ctx.node.id}': cancelled; the spark-submit application was stopped")
+        if status != 0:
+            if failed and failed[-1].module is not None:
+                prefix = f"node '{ctx.node.id}', module '{failed[-1].module}': "
+                raise ModuleFailed(ctx.node.id, failed[-1].module, (failed[-1].error or "").removeprefix(prefix))
+            raise WeiflowError(
+                f"node '{ctx.node.id}': spark-submit exited with status {status}; the end of its output:\n"
+                + app.error_tail()
+            )
+        _record_unreported_outputs(ctx)
+
     def cancel(self) -> None:
         with self._lock:
-            session = self._session
+            session, app = self._session, self._app
         if session is not None:
             session.sparkContext.cancelAllJobs()
+        if app is not None:
+            app.terminate()
 
     def _run_module(self, ctx: NodeContext, module: ModulePlan, inputs: dict[str, Any]) -> Any:
         attrs = ctx.module_attrs(module)
@@ -123,9 +207,48 @@ class SparkExecutor(Executor):
         return self._session
 
 
+_RAISED = re.compile(r"[A-Za-z_][\w.]*(Error|Exception): ")  # a Python traceback's last line
+
+
 def _spark_message(exc: PySparkException) -> str:
-    """The headline of a Spark error: its first line, without the query plan or a JVM stack trace."""
-    return " ".join(str(exc).strip().split("\n", 1)[0].split())[:1000]
+    """The headline of a Spark error: its first line, without the query plan or a JVM stack trace.
+
+    For an error raised in a Python task, the first line only says so; the exception's own
+    last line ("ValueError: ...") is what names the problem.
+    """
+    lines = str(exc).strip().splitlines()
+    headline = lines[0] if lines else ""
+    if isinstance(exc, PythonException):
+        raised = [line for line in lines if _RAISED.match(line)]
+        headline = raised[-1] if raised else headline
+    return " ".join(headline.split())[:1000]
+
+
+def _record_unreported_outputs(ctx: NodeContext) -> None:
+    """Report the datasets a submitted node committed whose events did not come back.
+
+    In cluster mode the driver's output stays in the cluster (the YARN container's log, the
+    driver pod's); the dataset's _SUCCESS marker still says this run committed it and how
+    many rows it holds.
+    """
+    for module in ctx.node.modules:
+        for name in module.writes:
+            if name in ctx.committed:
+                continue
+            marker = _success_marker(ctx.dataset(name).uri)
+            if marker.get("run_id") == ctx.run_id:
+                rows = marker.get("rows")
+                ctx.record_dataset(module, name, rows=rows if isinstance(rows, int) else None)
+
+
+def _success_marker(uri: str) -> dict[str, Any]:
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        with fs.open(f"{str(path).rstrip('/')}/{SUCCESS_MARKER}", "r", encoding="utf-8") as handle:
+            marker = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 def _frame(value: Any) -> _Output:
@@ -149,12 +272,13 @@ def _read(
     ex: SparkExecutor, ctx: NodeContext, module: ModulePlan, attrs: dict[str, Any], inputs: dict[str, Any]
 ) -> _Output:
     dataset = ctx.dataset(attrs["dataset"])
-    reader = ex.session.read.format(dataset.format)
-    if dataset.format == "csv":
-        reader = reader.option("header", "true").option("inferSchema", "true")
     if dataset.format == "tfrecord":
-        raise DatasetError(f"dataset '{dataset.name}': reading tfrecord with Spark is not supported; use parquet")
-    frame = reader.load(dataset.uri)
+        frame = read_tfrecord(ex.session, dataset.uri, dataset.name)
+    else:
+        reader = ex.session.read.format(dataset.format)
+        if dataset.format == "csv":
+            reader = reader.option("header", "true").option("inferSchema", "true")
+        frame = reader.load(dataset.uri)
     columns = attrs.get("columns")
     if columns:
         missing = [c for c in columns if c not in frame.columns]
@@ -177,26 +301,42 @@ def _write(
 ) -> _Output:
     source = _only_input(inputs)
     dataset = ctx.dataset(attrs["dataset"])
-    if dataset.format == "tfrecord":
-        raise DatasetError(f"dataset '{dataset.name}': writing tfrecord from Spark is not supported yet; use parquet")
     frame = source.frame
+    if dataset.format == "tfrecord":
+        if attrs.get("partition-by"):
+            raise DatasetError(
+                f"dataset '{dataset.name}': partition-by is not supported for tfrecord (TFRecord files have no "
+                "partition directories); drop it, or write parquet"
+            )
+        tfrecord_columns(frame.schema, dataset.name)  # a type Examples cannot hold fails before any Spark job
     if attrs.get("files"):
         frame = frame.repartition(attrs["files"])
-    rows = Observation(f"rows-{module.id}")
-    frame = frame.observe(rows, F.count(F.lit(1)).alias("rows"))
     with atomic_output(dataset.uri, run_id=ctx.run_id) as out:
-        writer = frame.write.mode("overwrite").format(dataset.format)
-        if dataset.format == "csv":
-            writer = writer.option("header", "true")
-        if attrs.get("partition-by"):
-            writer = writer.partitionBy(*attrs["partition-by"])
-        writer.save(f"file://{out.path}")
-        out.rows = int(rows.get["rows"])
+        if dataset.format == "tfrecord":
+            out.rows = write_tfrecord(ex.session, frame, out.path, dataset=dataset.name)
+        else:
+            out.rows = _write_with_spark(
+                frame, dataset.format, f"file://{out.path}", attrs.get("partition-by"), observation=f"rows-{module.id}"
+            )
         out.schema = {field.name: field.dataType.simpleString() for field in source.frame.schema.fields}
         if source.feature_map is not None:
             (out.path / FEATURE_MAP_FILE).write_text(source.feature_map.to_json())
     ctx.record_dataset(module, dataset.name, rows=out.rows, schema=out.schema)
     return source
+
+
+def _write_with_spark(
+    frame: DataFrame, fmt: str, target: str, partition_by: list[str] | None, *, observation: str
+) -> int:
+    """Write with one of Spark's own formats; returns the rows written, counted by the write job itself."""
+    rows = Observation(observation)
+    writer = frame.observe(rows, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").format(fmt)
+    if fmt == "csv":
+        writer = writer.option("header", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(target)
+    return int(rows.get["rows"])
 
 
 def _filter(

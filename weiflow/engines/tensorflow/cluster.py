@@ -15,7 +15,6 @@ die with the launcher even when it is killed with SIGKILL and has no chance to c
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from weiflow.errors import WeiflowError
+from weiflow.processes import dying_with_parent
 
 __all__ = [
     "ClusterBackend",
@@ -110,25 +110,16 @@ def free_port() -> int:
         return port
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def own_process(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Start a child in its own process group that dies with this process, output to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            list(argv),
+            dying_with_parent(argv),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 - only prctl, no locks
         )
 
 

@@ -300,7 +300,8 @@ def _train(call: _Call) -> TrainedModel:
         labels={"weiflow.io/pipeline": _safe(ctx.run.dag.name)[:63], "weiflow.io/node": ctx.node.id},
     )
     started = time.monotonic()
-    reporter = threading.Thread(target=_report_processes, args=(ctx, module, backend, ex), daemon=True)
+    expected = len(cluster_job.servers) + 1 if cluster_job.ps else 1
+    reporter = threading.Thread(target=_report_processes, args=(ctx, module, backend, ex, expected), daemon=True)
     reporter.start()
     ex._run_cluster(backend, cluster_job)
     result = json.loads(result_file.read_text())
@@ -309,12 +310,14 @@ def _train(call: _Call) -> TrainedModel:
     return TrainedModel(job, job_file, samples.feature_map)
 
 
-def _report_processes(ctx: NodeContext, module: ModulePlan, backend: ClusterBackend, ex: TensorflowExecutor) -> None:
-    """Tell the run log which processes the cluster is made of, once they have all started."""
+def _report_processes(
+    ctx: NodeContext, module: ModulePlan, backend: ClusterBackend, ex: TensorflowExecutor, expected: int
+) -> None:
+    """Tell the run log which processes the cluster is made of, once all ``expected`` have started."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not ex._cancelled.is_set():
         processes = backend.processes()
-        if processes and ex._backend is backend:
+        if len(processes) >= expected and ex._backend is backend:
             ctx.run.event(
                 EventKind.CLUSTER_STARTED,
                 node=ctx.node.id,

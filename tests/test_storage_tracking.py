@@ -95,6 +95,28 @@ def test_remote_commit_writes_the_marker_last_and_replaces_the_old_output() -> N
     assert fs.ls(path.rpartition("/")[0], detail=False) == [f"/{path}"]  # no staging or old copies left
 
 
+def test_a_writer_may_stage_on_the_remote_storage_itself() -> None:
+    """Spark executors on other hosts write straight to storage: the staging dir is a hidden sibling there."""
+    fs = fsspec.filesystem("memory")
+    uri = f"memory://bucket/{uuid.uuid4().hex}/day1"
+    path = uri.removeprefix("memory://")
+    with atomic_output(uri, run_id="old") as out:
+        (out.path / "part-0").write_text("old")
+    with atomic_output(uri, run_id="new", stage_on_storage=True) as out:
+        assert out.target.startswith("memory://") and f"{path.rpartition('/')[0]}/.day1.tmp-" in out.target
+        with fsspec.open(f"{out.target}/part-0", "w") as handle:
+            handle.write("new")
+        assert fs.cat(f"{path}/part-0") == b"old"  # readers still see the committed output
+    assert fs.cat(f"{path}/part-0") == b"new"
+    assert json.loads(fs.cat(f"{path}/{SUCCESS_MARKER}"))["run_id"] == "new"
+    with pytest.raises(RuntimeError), atomic_output(uri, run_id="failed", stage_on_storage=True) as out:
+        with fsspec.open(f"{out.target}/part-0", "w") as handle:
+            handle.write("half")
+        raise RuntimeError("the writer died")
+    assert fs.cat(f"{path}/part-0") == b"new"
+    assert fs.ls(path.rpartition("/")[0], detail=False) == [f"/{path}"]  # the failed staging dir is gone
+
+
 def test_remote_commit_failure_keeps_the_old_output(monkeypatch: pytest.MonkeyPatch) -> None:
     fs = fsspec.filesystem("memory")
     uri = f"memory://bucket/{uuid.uuid4().hex}/day1"

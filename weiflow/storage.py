@@ -83,30 +83,48 @@ def dataset_size(uri: str) -> tuple[int, int]:
 
 @dataclass
 class StagedOutput:
-    """Where a writer puts its files before commit; set ``rows`` when known."""
+    """Where a writer puts its files before commit; set ``rows`` when known.
+
+    ``path`` is a local directory. ``target`` is the same place as a URI, except for remote
+    storage opened with ``stage_on_storage=True``: then it is a staging directory on that
+    storage, for writers whose files do not pass through this machine (Spark executors on
+    other hosts), and ``path`` stays empty.
+    """
 
     path: Path
     uri: str
+    target: str = ""
     rows: int | None = None
     schema: dict[str, str] | None = None
 
 
 @contextmanager
-def atomic_output(uri: str, *, run_id: str) -> Iterator[StagedOutput]:
-    """Stage a dataset's files locally and commit them to ``uri`` only if the block succeeds."""
+def atomic_output(uri: str, *, run_id: str, stage_on_storage: bool = False) -> Iterator[StagedOutput]:
+    """Stage a dataset's files and commit them to ``uri`` only if the block succeeds.
+
+    Locally the staging directory is a hidden sibling of ``uri``. For remote storage it is a
+    local temporary directory uploaded at commit, or, with ``stage_on_storage``, a hidden
+    sibling on the storage itself that the writer fills directly (``out.target``).
+    """
     fs, path = _fs(uri)
     path = path.rstrip("/")
     local = isinstance(fs, LocalFileSystem)
     token = uuid.uuid4().hex[:12]
     parent, _, name = path.rpartition("/")
+    remote_stage = None
     if local:
         _refuse_foreign(Path(path))
         Path(parent or "/").mkdir(parents=True, exist_ok=True)
         staging = Path(parent or "/") / f".{name}.tmp-{token}"
         staging.mkdir()
+        target = f"file://{staging}"
     else:
         staging = Path(tempfile.mkdtemp(prefix="weiflow-stage-"))
-    output = StagedOutput(staging, uri)
+        target = staging.as_uri()
+        if stage_on_storage:
+            remote_stage = f"{parent}/.{name}.tmp-{token}"
+            target = fs.unstrip_protocol(remote_stage)
+    output = StagedOutput(staging, uri, target)
     try:
         yield output
         marker = json.dumps({"run_id": run_id, "committed_at": datetime.now(UTC).isoformat(), "rows": output.rows})
@@ -115,10 +133,12 @@ def atomic_output(uri: str, *, run_id: str) -> Iterator[StagedOutput]:
             with _signals_deferred():
                 _commit_local(staging, Path(path), token)
         else:
-            _commit_remote(fs, staging, path, token, marker)
+            _commit_remote(fs, staging, path, token, marker, staged_remotely=remote_stage is not None)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        if remote_stage is not None and fs.exists(remote_stage):
+            fs.rm(remote_stage, recursive=True)
 
 
 def _refuse_foreign(final: Path) -> None:
@@ -156,16 +176,17 @@ def _commit_local(staging: Path, final: Path, token: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _commit_remote(fs: Any, staging: Path, path: str, token: str, marker: str) -> None:
-    """Upload beside the target, swap it in, write the marker last; restore the old output on failure.
+def _commit_remote(fs: Any, staging: Path, path: str, token: str, marker: str, *, staged_remotely: bool) -> None:
+    """Upload beside the target (unless the writer already did), swap it in, write the marker last.
 
-    Object stores have no atomic directory rename: readers rely on the marker, which is
-    written only once every file is in place.
+    The old output is restored on failure. Object stores have no atomic directory rename:
+    readers rely on the marker, which is written only once every file is in place.
     """
     parent, _, name = path.rpartition("/")
     remote_tmp, old = f"{parent}/.{name}.tmp-{token}", f"{parent}/.{name}.old-{token}"
     try:
-        fs.put(str(staging), remote_tmp, recursive=True)
+        if not staged_remotely:
+            fs.put(str(staging), remote_tmp, recursive=True)
         moved_aside = bool(fs.exists(path))
         if moved_aside:
             fs.mv(path, old, recursive=True)

@@ -311,16 +311,24 @@ def _write(
         tfrecord_columns(frame.schema, dataset.name)  # a type Examples cannot hold fails before any Spark job
     if attrs.get("files"):
         frame = frame.repartition(attrs["files"])
-    with atomic_output(dataset.uri, run_id=ctx.run_id) as out:
+    remote = local_path(dataset.uri) is None
+    if remote and dataset.format == "tfrecord":
+        raise DatasetError(
+            f"dataset '{dataset.name}': tfrecord is written through local files (the tensorflow package's "
+            f"writer), so {dataset.uri} cannot take it yet; write it to a local or mounted path, or write parquet"
+        )
+    # Remote storage is staged on the storage itself: executors on other hosts write there directly.
+    with atomic_output(dataset.uri, run_id=ctx.run_id, stage_on_storage=remote) as out:
         if dataset.format == "tfrecord":
             out.rows = write_tfrecord(ex.session, frame, out.path, dataset=dataset.name)
         else:
             out.rows = _write_with_spark(
-                frame, dataset.format, f"file://{out.path}", attrs.get("partition-by"), observation=f"rows-{module.id}"
+                frame, dataset.format, out.target, attrs.get("partition-by"), observation=f"rows-{module.id}"
             )
         out.schema = {field.name: field.dataType.simpleString() for field in source.frame.schema.fields}
         if source.feature_map is not None:
-            (out.path / FEATURE_MAP_FILE).write_text(source.feature_map.to_json())
+            with fsspec.open(f"{out.target}/{FEATURE_MAP_FILE}", "w") as handle:
+                handle.write(source.feature_map.to_json())
     ctx.record_dataset(module, dataset.name, rows=out.rows, schema=out.schema)
     return source
 

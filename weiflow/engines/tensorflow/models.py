@@ -53,108 +53,113 @@ class _Seeds:
         return self.next
 
 
-class _Ids:
-    """Every categorical feature's ids as rows of one table: feature k's ids start at offset k.
+class _Packed:
+    """Many small parameters laid out in one flat vector: (offset, shape) per name.
 
-    One table per model part instead of one per feature means one gather and one sparse update
-    per step: on a parameter-server cluster each variable a step touches costs a round trip.
+    On a parameter-server cluster every variable a step touches costs a transfer each way,
+    so the canned models keep two variables in all: one table for every categorical id and
+    one vector for every dense weight. The optimizers are elementwise (sgd, adagrad, adam),
+    so packing changes no arithmetic.
     """
 
-    def __init__(self, inputs: Sequence[FeatureInput]) -> None:
-        self.names = [f.name for f in inputs if f.categorical]
-        cards = [f.cardinality or 0 for f in inputs if f.categorical]
-        self.offsets = [sum(cards[:k]) for k in range(len(cards))]
-        self.rows = max(1, sum(cards))
+    def __init__(self) -> None:
+        self.slots: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self.initial: list[tf.Tensor] = []
+        self.size = 0
 
-    def __call__(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """[batch, features] row indices into the shared table."""
-        return tf.stack([features[n] + o for n, o in zip(self.names, self.offsets, strict=True)], axis=1)
+    def add(self, name: str, value: tf.Tensor) -> None:
+        self.slots[name] = (self.size, tuple(value.shape))
+        self.initial.append(tf.reshape(value, [-1]))
+        self.size += int(tf.size(value))
 
+    def initial_value(self) -> tf.Tensor:
+        return tf.concat(self.initial, 0) if self.initial else tf.zeros([1])
 
-class Linear(tf.Module):
-    """The wide part: one weight per categorical id, one per numeric feature, and a bias."""
-
-    def __init__(self, inputs: Sequence[FeatureInput], seeds: _Seeds) -> None:
-        super().__init__(name="linear")
-        self.ids = _Ids(inputs)
-        self.reals = [f.name for f in inputs if not f.categorical]
-        self.id_weights = tf.Variable(tf.zeros([self.ids.rows, 1]), name="id_weights")
-        self.real_weights = tf.Variable(tf.zeros([max(1, len(self.reals))]), name="real_weights")
-        self.bias = tf.Variable(0.0, name="bias")
-
-    def __call__(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        logit = tf.convert_to_tensor(self.bias)
-        if self.ids.names:
-            logit += tf.reduce_sum(tf.nn.embedding_lookup(self.id_weights, self.ids(features)), axis=[1, 2])
-        if self.reals:
-            logit += tf.linalg.matvec(_reals(features, self.reals), self.real_weights)
-        return logit
-
-
-def _reals(features: Mapping[str, tf.Tensor], names: Sequence[str]) -> tf.Tensor:
-    return tf.stack([features[n] for n in names], axis=1)
-
-
-class Dense(tf.Module):
-    def __init__(self, units_in: int, units_out: int, seeds: _Seeds, name: str) -> None:
-        super().__init__(name=name)
-        self.kernel = tf.Variable(_glorot([units_in, units_out], seeds()), name="kernel")
-        self.bias = tf.Variable(tf.zeros([units_out]), name="bias")
-
-    def __call__(self, x: tf.Tensor) -> tf.Tensor:
-        return tf.matmul(x, self.kernel) + self.bias
-
-
-class Deep(tf.Module):
-    """The deep part: an embedding per categorical feature, numerics appended, then ReLU layers.
-
-    With ``residual``, every layer after the first adds its input back (He et al., 2016):
-    the layers keep the first layer's width so the sums line up.
-    """
-
-    def __init__(
-        self, inputs: Sequence[FeatureInput], hidden: Sequence[int], dim: int, seeds: _Seeds, residual: bool
-    ) -> None:
-        super().__init__(name="deep")
-        self.ids = _Ids(inputs)
-        self.reals = [f.name for f in inputs if not f.categorical]
-        self.dim = dim
-        self.residual = residual
-        self.embeddings = tf.Variable(
-            tf.random.stateless_normal([self.ids.rows, dim], seed=[seeds(), 0], stddev=0.05), name="embeddings"
-        )
-        width = dim * len(self.ids.names) + len(self.reals)
-        widths = [hidden[0]] * len(hidden) if residual else list(hidden)
-        self.layers = []
-        for i, units in enumerate(widths):
-            self.layers.append(Dense(width, units, seeds, name=f"hidden_{i}"))
-            width = units
-        self.out = Dense(width, 1, seeds, name="logit")
-
-    def __call__(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        parts = []
-        if self.ids.names:
-            looked_up = tf.nn.embedding_lookup(self.embeddings, self.ids(features))
-            parts.append(tf.reshape(looked_up, [-1, self.dim * len(self.ids.names)]))
-        if self.reals:
-            parts.append(_reals(features, self.reals))
-        x = tf.concat(parts, axis=1) if len(parts) > 1 else parts[0]
-        for i, layer in enumerate(self.layers):
-            y = tf.nn.relu(layer(x))
-            x = x + y if self.residual and i > 0 else y
-        return tf.squeeze(self.out(x), 1)
+    def get(self, flat: tf.Tensor, name: str) -> tf.Tensor:
+        offset, shape = self.slots[name]
+        return tf.reshape(flat[offset : offset + math.prod(shape)], shape)
 
 
 class CannedModel(tf.Module):
-    """A sum of logits: the wide part, the deep part, or both (wide & deep, Cheng et al., 2016)."""
+    """The wide part (a weight per id and per real input), the deep part (embeddings, ReLU layers), or both.
 
-    def __init__(self, wide: Linear | None, deep: Deep | None) -> None:
+    Wide & deep is Cheng et al., 2016. With ``residual``, every deep layer after the first adds
+    its input back (He et al., 2016), so all layers keep the first layer's width. Every
+    categorical feature's ids are rows of one table (feature k's rows start at its offset); a
+    row holds the wide weight, then the embedding.
+    """
+
+    def __init__(
+        self,
+        inputs: Sequence[FeatureInput],
+        *,
+        wide: bool,
+        deep: bool,
+        residual: bool,
+        hidden: Sequence[int],
+        dim: int,
+        seed: int,
+    ) -> None:
         super().__init__(name="model")
-        self.wide, self.deep = wide, deep
+        seeds = _Seeds(seed)
+        self.wide, self.deep, self.residual, self.dim = wide, deep, residual, dim if deep else 0
+        self.categorical = [f.name for f in inputs if f.categorical]
+        self.reals = [f.name for f in inputs if not f.categorical]
+        cards = [f.cardinality or 0 for f in inputs if f.categorical]
+        self.offsets = [sum(cards[:k]) for k in range(len(cards))]
+        rows = max(1, sum(cards))
+        columns = []
+        if wide:
+            columns.append(tf.zeros([rows, 1]))
+        if deep:
+            columns.append(tf.random.stateless_normal([rows, dim], seed=[seeds(), 0], stddev=0.05))
+        self.table = tf.Variable(tf.concat(columns, 1), name="id_table")
+
+        self.packed = _Packed()
+        if wide:
+            self.packed.add("wide/reals", tf.zeros([len(self.reals)]))
+            self.packed.add("wide/bias", tf.zeros([]))
+        self.layers = 0
+        if deep:
+            width = dim * len(self.categorical) + len(self.reals)
+            for i, units in enumerate([hidden[0]] * len(hidden) if residual else hidden):
+                self.packed.add(f"hidden_{i}/kernel", _glorot([width, units], seeds()))
+                self.packed.add(f"hidden_{i}/bias", tf.zeros([units]))
+                width = units
+                self.layers += 1
+            self.packed.add("logit/kernel", _glorot([width, 1], seeds()))
+            self.packed.add("logit/bias", tf.zeros([1]))
+        self.dense = tf.Variable(self.packed.initial_value(), name="dense")
+        self.packed.initial = []  # the variable holds them now
 
     def __call__(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        logits = [part(features) for part in (self.wide, self.deep) if part is not None]
-        return tf.add_n(logits) if len(logits) > 1 else logits[0]
+        flat = tf.convert_to_tensor(self.dense)  # one read of every dense weight per step
+        reals = tf.stack([features[n] for n in self.reals], 1) if self.reals else None
+        rows = None
+        if self.categorical:
+            ids = tf.stack([features[n] + o for n, o in zip(self.categorical, self.offsets, strict=True)], 1)
+            rows = tf.nn.embedding_lookup(self.table, ids)  # [batch, features, wide + dim]: one gather
+        logit = tf.zeros([tf.shape(next(iter(features.values())))[0]])
+        if self.wide:
+            logit += self.packed.get(flat, "wide/bias")
+            if rows is not None:
+                logit += tf.reduce_sum(rows[:, :, 0], 1)
+            if reals is not None:
+                logit += tf.linalg.matvec(reals, self.packed.get(flat, "wide/reals"))
+        if self.deep:
+            parts = []
+            if rows is not None:
+                parts.append(tf.reshape(rows[:, :, int(self.wide) :], [-1, self.dim * len(self.categorical)]))
+            if reals is not None:
+                parts.append(reals)
+            x = tf.concat(parts, 1) if len(parts) > 1 else parts[0]
+            for i in range(self.layers):
+                y = tf.nn.relu(
+                    x @ self.packed.get(flat, f"hidden_{i}/kernel") + self.packed.get(flat, f"hidden_{i}/bias")
+                )
+                x = x + y if self.residual and i > 0 else y
+            logit += tf.squeeze(x @ self.packed.get(flat, "logit/kernel"), 1) + self.packed.get(flat, "logit/bias")
+        return logit
 
 
 Builder = Callable[[list[FeatureInput], dict[str, Any]], tf.Module]
@@ -162,12 +167,14 @@ Builder = Callable[[list[FeatureInput], dict[str, Any]], tf.Module]
 
 def _canned(wide: bool, deep: bool, residual: bool = False) -> Builder:
     def build(inputs: list[FeatureInput], attrs: dict[str, Any]) -> tf.Module:
-        seeds = _Seeds(int(attrs.get("seed", 0)))
-        hidden = list(attrs.get("hidden-units") or [64, 32])
-        dim = int(attrs.get("embedding-dim", 8))
         return CannedModel(
-            Linear(inputs, seeds) if wide else None,
-            Deep(inputs, hidden, dim, seeds, residual) if deep else None,
+            inputs,
+            wide=wide,
+            deep=deep,
+            residual=residual,
+            hidden=list(attrs.get("hidden-units") or [64, 32]),
+            dim=int(attrs.get("embedding-dim", 8)),
+            seed=int(attrs.get("seed", 0)),
         )
 
     return build

@@ -213,7 +213,6 @@ def train(job: TrainJob) -> dict[str, Any]:
             logits = model(features)
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-        step.assign_add(1)
         return loss
 
     if coordinator is not None:
@@ -232,6 +231,7 @@ def train(job: TrainJob) -> dict[str, Any]:
             for _ in tf.range(count):
                 features, labels = next(it)
                 loss = strategy.run(step_fn, args=(features, labels))
+            step.assign_add(tf.cast(count, tf.int64))  # once per call: the counter lives on a PS too
             return loss
 
         def run_steps(count: int) -> float:
@@ -249,6 +249,7 @@ def train(job: TrainJob) -> dict[str, Any]:
             for _ in tf.range(count):
                 features, labels = next(local)
                 loss = step_fn(features, labels)
+            step.assign_add(tf.cast(count, tf.int64))
             return loss
 
         def run_steps(count: int) -> float:

@@ -8,6 +8,7 @@ watch, and once end to end through the real client and Watch against a loopback 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import threading
 from collections.abc import Iterator
@@ -150,6 +151,15 @@ def test_without_ps_the_chief_trains_alone() -> None:
     ]
     env = {e["name"]: e["value"] for e in manifests[1]["spec"]["containers"][0]["env"]}
     assert json.loads(env["TF_CONFIG"])["cluster"] == {"chief": [f"solo-chief-0.{NS}.svc:2222"]}
+
+
+def test_a_volume_claim_is_mounted_in_every_pod_at_the_launchers_path() -> None:
+    manifests = render_manifests(JOB, image=IMAGE, namespace=NS, volumes={"weiflow-var": "/srv/weiflow/var"})
+    for pod in pods_of(manifests):
+        assert pod["spec"]["volumes"] == [{"name": "data-0", "persistentVolumeClaim": {"claimName": "weiflow-var"}}]
+        assert pod["spec"]["containers"][0]["volumeMounts"] == [{"name": "data-0", "mountPath": "/srv/weiflow/var"}]
+        assert round_trip(pod) == pod
+        client.V1Pod.model_validate(pod)
 
 
 def test_resources_apply_to_every_container() -> None:
@@ -559,3 +569,21 @@ def test_a_run_through_the_real_client_and_watch_against_a_loopback_api_server()
         [(f"/api/v1/namespaces/{NS}/pods/{name}", ["Background"]) for name in (PS0, W0, W1)]
         + [(f"/api/v1/namespaces/{NS}/services/{name}", ["Background"]) for name in ALL]
     )
+
+
+def test_the_engine_picks_the_kubernetes_backend_with_the_var_directory_mounted(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from weiflow.engines.tensorflow.executor import _backend
+    from weiflow.errors import ModuleFailed
+
+    ctx: Any = SimpleNamespace(
+        node=SimpleNamespace(id="train"), run=SimpleNamespace(settings=SimpleNamespace(var_dir=tmp_path))
+    )
+    module: Any = SimpleNamespace(id="fit")
+    cluster = {"backend": "kubernetes", "image": IMAGE, "namespace": NS, "volume-claim": "weiflow-var"}
+    backend = _backend(ctx, module, cluster, tmp_path / "work")
+    assert isinstance(backend, KubernetesCluster)
+    assert backend.namespace == NS and backend.volumes == {"weiflow-var": str(tmp_path.resolve())}
+    with pytest.raises(ModuleFailed, match=re.escape('needs image="..."')):
+        _backend(ctx, module, {**cluster, "image": None}, tmp_path / "work")

@@ -25,6 +25,11 @@ PLUGIN = Plugin(
                 AttrDecl("backend", "enum", default="local", choices=("local", "kubernetes")),
                 AttrDecl("image", help="container image for the kubernetes backend"),
                 AttrDecl("namespace", default="default", help="namespace for the kubernetes backend"),
+                AttrDecl(
+                    "volume-claim",
+                    help="kubernetes backend: a PersistentVolumeClaim holding WeiFlow's var directory, mounted in "
+                    "every pod at the launcher's path",
+                ),
             ),
             max_count=1,
         ),

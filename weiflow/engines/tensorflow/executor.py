@@ -213,8 +213,9 @@ def _cluster_attrs(ctx: NodeContext) -> dict[str, Any]:
                 "backend": values.get("backend", "local"),
                 "image": values.get("image"),
                 "namespace": values.get("namespace", "default"),
+                "volume-claim": values.get("volume-claim"),
             }
-    return {"ps": 0, "workers": 1, "backend": "local", "image": None, "namespace": "default"}
+    return {"ps": 0, "workers": 1, "backend": "local", "image": None, "namespace": "default", "volume-claim": None}
 
 
 def _backend(ctx: NodeContext, module: ModulePlan, cluster: dict[str, Any], work: Path) -> ClusterBackend:
@@ -225,7 +226,11 @@ def _backend(ctx: NodeContext, module: ModulePlan, cluster: dict[str, Any], work
             raise ModuleFailed(
                 ctx.node.id, module.id, '<cluster backend="kubernetes"> needs image="..." (an image with weiflow)'
             )
-        return KubernetesCluster(image=cluster["image"], namespace=cluster["namespace"])
+        # The pods read the job and write checkpoints and results in the launcher's work directory:
+        # with a claim, they mount it at the same path (see docs/tensorflow-kubernetes.md).
+        claim = cluster["volume-claim"]
+        volumes = {claim: str(ctx.run.settings.var_dir.resolve())} if claim else None
+        return KubernetesCluster(image=cluster["image"], namespace=cluster["namespace"], volumes=volumes)
     return LocalCluster(work / "logs")
 
 

@@ -76,12 +76,20 @@ def _name(job: ClusterJob, task: TaskRef) -> str:
 
 
 def render_manifests(
-    job: ClusterJob, *, image: str, namespace: str, port: int = DEFAULT_PORT, resources: Mapping[str, Any] | None = None
+    job: ClusterJob,
+    *,
+    image: str,
+    namespace: str,
+    port: int = DEFAULT_PORT,
+    resources: Mapping[str, Any] | None = None,
+    volumes: Mapping[str, str] | None = None,
 ) -> list[Manifest]:
     """Every Service, then every pod (servers before the chief), as plain dicts in the API's JSON shape.
 
     ``resources`` (a V1ResourceRequirements dict, e.g. ``{"requests": {"cpu": "2"}}``) applies
-    to every container. The chief and server commands run with the image's ``python``.
+    to every container. ``volumes`` maps a PersistentVolumeClaim to the path every pod mounts it
+    at: the launcher's work directory (job, checkpoints, results) and local storage must be
+    there, at the same paths as on the launcher. The commands run with the image's ``python``.
     """
     tasks = _tasks(job)
     for task in tasks:
@@ -125,6 +133,9 @@ def render_manifests(
         }
         if resources:
             container["resources"] = dict(resources)
+        claims = sorted((volumes or {}).items())
+        if claims:
+            container["volumeMounts"] = [{"name": f"data-{i}", "mountPath": path} for i, (_, path) in enumerate(claims)]
         pods.append(
             {
                 "apiVersion": "v1",
@@ -137,6 +148,16 @@ def render_manifests(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "containers": [container],
+                    **(
+                        {
+                            "volumes": [
+                                {"name": f"data-{i}", "persistentVolumeClaim": {"claimName": claim}}
+                                for i, (claim, _) in enumerate(claims)
+                            ]
+                        }
+                        if claims
+                        else {}
+                    ),
                 },
             }
         )
@@ -209,6 +230,7 @@ class KubernetesCluster:
         watch_factory: Callable[[], WatchLike] = watch.Watch,
         port: int = DEFAULT_PORT,
         resources: Mapping[str, Any] | None = None,
+        volumes: Mapping[str, str] | None = None,
         watch_timeout_s: int = 60,
         start_timeout_s: float | None = 600.0,
     ) -> None:
@@ -216,6 +238,7 @@ class KubernetesCluster:
         self.namespace = namespace
         self.port = port
         self.resources = resources
+        self.volumes = dict(volumes or {})
         self.watch_timeout_s = watch_timeout_s
         self.start_timeout_s = start_timeout_s
         self._api = api
@@ -239,7 +262,12 @@ class KubernetesCluster:
 
     def run(self, job: ClusterJob) -> None:
         manifests = render_manifests(
-            job, image=self.image, namespace=self.namespace, port=self.port, resources=self.resources
+            job,
+            image=self.image,
+            namespace=self.namespace,
+            port=self.port,
+            resources=self.resources,
+            volumes=self.volumes,
         )
         api = self._client()
         self._job = job

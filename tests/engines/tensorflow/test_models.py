@@ -132,3 +132,21 @@ def test_an_embedding_too_large_for_memory_is_refused_with_the_feature_to_hash(
     )
     with pytest.raises(ModuleFailed, match="'u_hash' alone has 268,435,456: hash it into fewer ids"):
         run_node(run, "train")
+
+
+def test_a_failing_chief_fails_the_module_quoting_its_log(
+    samples: Path, make_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry.from_plugins(
+        [*default_registry_plugins(), Plugin("tensorflow", models={"broken": "no_such_package.models:build"})]
+    )
+    monkeypatch.setattr(tf_executor, "default_registry", lambda: registry)
+    modules = '<module id="fit" type="train" dataset="samples" model="broken" steps="5"/>'
+    run = RunContext.create(
+        compile_file(make_spec(spec(samples, modules))), settings=load_settings(), tracker=MemoryTracker()
+    )
+    with pytest.raises(
+        ModuleFailed, match=r"the chief of .* exited with status 1; last lines of .*chief-0\.log"
+    ) as err:
+        run_node(run, "train")
+    assert "No module named 'no_such_package'" in str(err.value)

@@ -10,7 +10,9 @@ run id resumes training from its last checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -130,8 +132,6 @@ def _safe(text: str) -> str:
 
 def _dns_name(*parts: str) -> str:
     """A pod-name-safe job name: lowercase, [a-z0-9-], at most 40 characters, with a hash for uniqueness."""
-    import hashlib
-
     raw = "-".join(parts)
     slug = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")[:30].strip("-")
     return f"{slug}-{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
@@ -180,8 +180,9 @@ class TensorflowExecutor(Executor):
             with self._lock:
                 self._backend = None
 
-    def _run_chief(self, argv: list[str], log: Path) -> None:
-        """Run one TensorFlow process to its end (evaluate, export), owned like a cluster's."""
+    def _run_chief(self, command: str, args: list[str], log: Path) -> None:
+        """Run ``trainer.py command args`` to its end (evaluate, export), owned like a cluster's processes."""
+        argv = [*_CHIEF, command, *args]
         with self._lock:
             if self._cancelled.is_set():
                 raise ClusterFailed("the node was cancelled")
@@ -194,12 +195,10 @@ class TensorflowExecutor(Executor):
                 self._child = None
         if code != 0:
             lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-            raise ClusterFailed(f"{argv[3]} {exit_text(code)}; last lines of {log}:\n" + "\n".join(lines[-15:]))
+            raise ClusterFailed(f"{command} {exit_text(code)}; last lines of {log}:\n" + "\n".join(lines[-15:]))
 
 
 def _child_env() -> dict[str, str]:
-    import os
-
     return {**os.environ, **_CHILD_ENV}
 
 
@@ -352,7 +351,7 @@ def _evaluate(call: _Call) -> TrainedModel:
     spec_file, out_file = work / "evaluate.json", work / "metrics.json"
     spec_file.write_text(json.dumps({"data": asdict(data), "metrics": attrs["metrics"]}))
     out_file.unlink(missing_ok=True)
-    ex._run_chief([*_CHIEF, "evaluate", str(trained.job_file), str(spec_file), str(out_file)], work / "evaluate.log")
+    ex._run_chief("evaluate", [str(trained.job_file), str(spec_file), str(out_file)], work / "evaluate.log")
     metrics = json.loads(out_file.read_text())
     ctx.run.event(
         EventKind.METRICS,
@@ -374,7 +373,7 @@ def _export(call: _Call) -> TrainedModel:
     with atomic_output(dataset.uri, run_id=ctx.run_id) as out:
         version_dir = out.path / model_name / str(version)
         version_dir.parent.mkdir(parents=True, exist_ok=True)
-        ex._run_chief([*_CHIEF, "export", str(trained.job_file), str(version_dir)], work / "export.log")
+        ex._run_chief("export", [str(trained.job_file), str(version_dir)], work / "export.log")
         if trained.feature_map is not None:
             extra = version_dir / "assets.extra"
             extra.mkdir(exist_ok=True)

@@ -11,6 +11,8 @@ say what choosing tfrecord for a training dataset costs.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--quick", action="store_true", help="20,000 rows: checks the script runs")
-    args = parser.parse_args()
+    args, unknown = parser.parse_known_args()
+    if unknown:
+        print(f"bench_tfrecord: ignoring options for other benches: {' '.join(unknown)}", file=sys.stderr)
     rows = 20_000 if args.quick else args.rows
     spark = start_session({"spark.master": "local[2]", "spark.sql.shuffle.partitions": "4"})
     spark.sparkContext.setLogLevel("ERROR")
@@ -57,7 +61,8 @@ def main() -> None:
         started = time.perf_counter()
         spark.read.parquet(str(root / "parquet")).selectExpr("sum(id)").collect()
         pq_read = time.perf_counter() - started
-        print(f"{written:,} rows, Spark local[2]")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"{written:,} rows, Spark local[2] (load {load})")
         print(f"  write  tfrecord {written / tf_write:>12,.0f} rows/s   parquet {written / pq_write:>12,.0f} rows/s")
         print(f"  read   tfrecord {written / tf_read:>12,.0f} rows/s   parquet {written / pq_read:>12,.0f} rows/s")
         tf_mb, pq_mb = size_mb(root / "tfrecord"), size_mb(root / "parquet")

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the spec is invalid or the run failed, 2 bad usage or c
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from weiflow.errors import ConfigError, SpecError, WeiflowError
 from weiflow.registry import default_registry
 from weiflow.runtime import Executor, RunContext, new_run_id, parse_param_overrides, run_node, run_pipeline
 from weiflow.spec import did_you_mean
-from weiflow.tracking import JsonlTracker, Tracker, run_log_path
+from weiflow.tracking import CenterTracker, FanoutTracker, JsonlTracker, Tracker, run_log_path
 
 __all__ = ["main"]
 
@@ -144,7 +145,25 @@ def _tracker(settings: Settings, dag: Dag, run_id: str) -> tuple[Tracker, Path]:
         raise ConfigError(
             f"cannot create the run log directory {path.parent} (var_dir): {exc.strerror or exc}"
         ) from None
-    return JsonlTracker(path), path
+    tracker: Tracker = JsonlTracker(path)
+    if settings.center_url:
+        # The run log stays the local record; the center gets the same events through its spool.
+        tracker = FanoutTracker(
+            tracker, CenterTracker(settings.center_url, settings.spool_dir, token=settings.center_token)
+        )
+    return tracker, path
+
+
+def _flush_center(run: RunContext) -> None:
+    """Try once more to hand the run's events to the center; what stays spooled goes later."""
+    trackers = run.tracker.trackers if isinstance(run.tracker, FanoutTracker) else (run.tracker,)
+    for tracker in trackers:
+        if isinstance(tracker, CenterTracker) and not tracker.flush():
+            print(
+                f"weiflow: control center not reachable ({tracker.last_error}); {len(tracker.pending())} event(s) "
+                f"kept in {tracker.spool_dir}, sent with the next run or 'weiflow center push'",
+                file=sys.stderr,
+            )
 
 
 class _Cancellation:
@@ -191,7 +210,10 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     run, log_path = _run_context(args, settings)
     print(f"run {run.run_id} of pipeline '{run.dag.name}': {len(run.dag.nodes)} node(s)", file=sys.stderr)
     with _Cancellation() as cancellation:
-        result = run_pipeline(run, on_executor=cancellation.attach)
+        try:
+            result = run_pipeline(run, on_executor=cancellation.attach)
+        finally:
+            _flush_center(run)
     for node in run.dag.nodes:
         state = result.states.get(node.id)
         line = f"  {node.id:<24} {state}"
@@ -213,9 +235,11 @@ def _cmd_run_node(args: argparse.Namespace, settings: Settings) -> int:
         try:
             run_node(run, args.node, attempt=args.attempt, on_executor=cancellation.attach)
         except WeiflowError as exc:
+            _flush_center(run)
             print(f"weiflow run-node: {exc}", file=sys.stderr)
             print(f"run log: {log_path}", file=sys.stderr)
             return EXIT_FAILED
+    _flush_center(run)
     print(f"node '{args.node}' of run {run.run_id} succeeded; run log: {log_path}", file=sys.stderr)
     return EXIT_OK
 
@@ -250,6 +274,27 @@ def _cmd_modules(args: argparse.Namespace, settings: Settings) -> int:
     for problem in registry.problems:
         print(f"warning: {problem}", file=sys.stderr)
     return EXIT_OK
+
+
+def _cmd_center(args: argparse.Namespace, settings: Settings) -> int:
+    if args.center_args[:1] == ["push"]:
+        # Needs only the spool, so it works where the center's dependencies are not installed.
+        if not settings.center_url:
+            raise ConfigError("center push: no center_url configured (weiflow.toml or WEIFLOW_CENTER_URL)")
+        tracker = CenterTracker(settings.center_url, settings.spool_dir, token=settings.center_token)
+        count = len(tracker.pending())
+        if tracker.flush():
+            print(f"{count} event(s) delivered to {settings.center_url}", file=sys.stderr)
+            return EXIT_OK
+        print(f"center not reachable: {tracker.last_error}; {len(tracker.pending())} event(s) kept", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        # Loaded by name, at call time: the core must import (and pass its import-linter contract)
+        # without SQLAlchemy and FastAPI, which only the [center] extra installs.
+        center_cli = importlib.import_module("weiflow.center.cli")
+    except ImportError as exc:
+        raise ConfigError(f"weiflow center needs the [center] extra: pip install 'weiflow[center]' ({exc})") from None
+    return int(center_cli.main(args.center_args, settings))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -294,6 +339,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list engines, module types and their attributes")
     p.add_argument("engine", nargs="?")
     p.set_defaults(handler=_cmd_modules)
+
+    p = sub.add_parser(
+        "center",
+        help="the control center: serve, migrate, sweep, orphans, user, push",
+        description="Subcommands: serve, migrate, sweep, orphans, user, push (see 'weiflow center serve --help').",
+    )
+    p.add_argument("center_args", nargs=argparse.REMAINDER, metavar="SUBCOMMAND ...")
+    p.set_defaults(handler=_cmd_center)
     return parser
 
 

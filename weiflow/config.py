@@ -11,6 +11,8 @@ var_dir           WEIFLOW_VAR_DIR           ``var/`` beside weiflow.toml (or the
 storage           WEIFLOW_STORAGE           ``file://<var_dir>/storage``
 database_url      WEIFLOW_DATABASE_URL      ``sqlite:///<var_dir>/weiflow.db``
 max_spec_bytes    WEIFLOW_MAX_SPEC_BYTES    1048576
+center_url        WEIFLOW_CENTER_URL        none: runs report to the run log only
+center_token      WEIFLOW_CENTER_TOKEN      none (the center's API token for the runtime)
 ================  ========================  ============================================
 """
 
@@ -29,7 +31,7 @@ from weiflow.spec.report import did_you_mean
 __all__ = ["CONFIG_FILE_NAME", "Settings", "load_settings"]
 
 CONFIG_FILE_NAME = "weiflow.toml"
-_KEYS = ("var_dir", "storage", "database_url", "max_spec_bytes")
+_KEYS = ("var_dir", "storage", "database_url", "max_spec_bytes", "center_url", "center_token")
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,18 @@ class Settings:
     database_url: str
     max_spec_bytes: int
     config_file: Path | None = None
+    center_url: str | None = None
+    center_token: str | None = None
 
     @property
     def runs_dir(self) -> Path:
         """Where the JSON-lines run logs go."""
         return self.var_dir / "runs"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Events waiting for the control center (see :class:`weiflow.tracking.CenterTracker`)."""
+        return self.var_dir / "center-spool"
 
 
 def _find_config(cwd: Path, env: Mapping[str, str]) -> Path | None:
@@ -108,4 +117,15 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         raise ConfigError(f"max_spec_bytes must be a whole number, got {max_bytes_raw!r}") from None
     if max_bytes < 1024:
         raise ConfigError(f"max_spec_bytes must be at least 1024, got {max_bytes}")
-    return Settings(var_dir, storage.rstrip("/"), database_url, max_bytes, path)
+    center_url = text("center_url")
+    if center_url and not center_url.startswith(("http://", "https://")):
+        raise ConfigError(f"center_url must start with http:// or https://, got {center_url!r}")
+    return Settings(
+        var_dir,
+        storage.rstrip("/"),
+        database_url,
+        max_bytes,
+        path,
+        center_url=center_url.rstrip("/") if center_url else None,
+        center_token=text("center_token"),
+    )

@@ -7,10 +7,16 @@ the control center consumes the same events.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,15 +24,19 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "CenterTracker",
     "DatasetInfo",
     "Event",
     "EventKind",
+    "FanoutTracker",
     "JsonlTracker",
     "MemoryTracker",
     "Tracker",
     "read_events",
     "run_log_path",
 ]
+
+log = logging.getLogger("weiflow.tracking")
 
 
 class EventKind(StrEnum):
@@ -69,6 +79,8 @@ class Event:
     duration_s: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     ts: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds"))
+    # The control center ingests each id once, so a spool re-delivering an event never counts it twice.
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> str:
         data = {k: v for k, v in asdict(self).items() if v not in (None, {})}
@@ -79,6 +91,10 @@ class Event:
     def from_json(cls, line: str) -> Event:
         data = json.loads(line)
         data["kind"] = EventKind(data["kind"])
+        if "id" not in data:
+            # Run logs written before events had ids: the line itself names the event, so reading the
+            # same log twice gives the same ids (and the center still ingests it once).
+            data["id"] = hashlib.sha256(line.strip().encode()).hexdigest()[:32]
         if "dataset" in data:
             data["dataset"] = DatasetInfo(**data["dataset"])
         return cls(**data)
@@ -130,6 +146,100 @@ class MemoryTracker:
 
     def kinds(self) -> list[str]:
         return [str(e.kind) for e in self.events]
+
+
+class FanoutTracker:
+    """Sends every event to several trackers, in order (the run log first, then the center)."""
+
+    def __init__(self, *trackers: Tracker) -> None:
+        self.trackers = trackers
+
+    def emit(self, event: Event) -> None:
+        for tracker in self.trackers:
+            tracker.emit(event)
+
+
+class CenterTracker:
+    """Reports events to the control center over HTTP, through a durable spool on local disk.
+
+    Every event is first written to ``spool_dir`` as its own file (written, then renamed, so
+    a crash never leaves half an event); delivery then posts the spooled events in batches
+    and removes only those the center acknowledged. When the center is down the run goes on:
+    the events wait in the spool and go with the next delivery (the next event after
+    ``retry_s``, :meth:`flush`, or ``weiflow center push``). Several processes may share a
+    spool; an event sent twice is ingested once, by its id.
+    """
+
+    BATCH = 500
+
+    def __init__(
+        self, url: str, spool_dir: Path, *, token: str | None = None, timeout_s: float = 2.0, retry_s: float = 30.0
+    ) -> None:
+        self.url = url.rstrip("/") + "/api/v1/events"
+        self.spool_dir = spool_dir
+        self.token = token
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self._lock = threading.Lock()
+        self._down_until = 0.0  # after a failed delivery, do not make every event wait for a timeout
+        self.last_error: str | None = None
+
+    def emit(self, event: Event) -> None:
+        self._spool(event)
+        if time.monotonic() >= self._down_until:
+            self.flush()
+
+    def _spool(self, event: Event) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        # Names sort in emit order (time, then a per-process counter), which keeps a batch in order.
+        name = f"{time.time_ns():020d}-{os.getpid()}-{event.id}.json"
+        staging = self.spool_dir / f".{name}.tmp"
+        with staging.open("w", encoding="utf-8") as handle:
+            handle.write(event.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        staging.replace(self.spool_dir / name)
+
+    def pending(self) -> list[Path]:
+        """Spooled events not yet acknowledged by the center, oldest first."""
+        if not self.spool_dir.is_dir():
+            return []
+        return sorted(p for p in self.spool_dir.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+
+    def flush(self) -> bool:
+        """Deliver everything spooled; True when the spool is empty afterwards."""
+        with self._lock:
+            while True:
+                batch = self.pending()[: self.BATCH]
+                if not batch:
+                    return True
+                lines = []
+                for path in batch:
+                    try:
+                        lines.append(path.read_text(encoding="utf-8"))
+                    except FileNotFoundError:
+                        continue  # another process delivered it meanwhile
+                if not self._post(lines):
+                    self._down_until = time.monotonic() + self.retry_s
+                    return False
+                for path in batch:
+                    path.unlink(missing_ok=True)
+
+    def _post(self, lines: list[str]) -> bool:
+        body = ("[" + ",".join(lines) + "]").encode()
+        request = urllib.request.Request(self.url, data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                ok = 200 <= int(response.status) < 300
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            self.last_error = str(exc)
+            log.warning("control center at %s not reachable (%s); events stay in %s", self.url, exc, self.spool_dir)
+            return False
+        self.last_error = None if ok else f"HTTP {response.status}"
+        return ok
 
 
 def read_events(path: Path) -> list[Event]:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from weiflow.dag.compiler import NodePlan
 from weiflow.errors import DatasetError, EngineNotAvailable, RegistryError
@@ -64,6 +65,34 @@ def check_inputs(run: RunContext, node: NodePlan) -> None:
             )
 
 
+def node_started_detail(run: RunContext, node: NodePlan) -> dict[str, Any]:
+    """What the control center needs from a node start: its inner DAG, its datasets (resolved URIs,
+    so reads count as accesses), its scheduling classes, and the spec version it ran."""
+    cluster = next((e for e in node.spec.config if e.tag == "cluster"), None)
+    return {
+        "engine": node.engine,
+        "modules": [m.id for m in node.modules],
+        "module_types": {m.id: m.type.name for m in node.modules},
+        "module_inputs": {m.id: [ref.module for ref in m.inputs] for m in node.modules},
+        "upstream": node.upstream,
+        "reads": {name: run.datasets[name].uri for name in node.reads if name in run.datasets},
+        "writes": {
+            name: {
+                "uri": run.datasets[name].uri,
+                "retention": run.datasets[name].retention,
+                "consumers": sorted({u.node for u in run.dag.consumers.get(name, []) if u.node != node.id}),
+            }
+            for name in node.writes
+            if name in run.datasets
+        },
+        "priority": run.dag.spec.priority,
+        "resources": node.spec.element.get("resources"),
+        "backend": (cluster.get("backend") if cluster is not None else None) or "local",
+        "owner": run.dag.spec.owner,
+        "spec_sha256": run.dag.spec.sha256,
+    }
+
+
 def run_node(
     run: RunContext,
     node_id: str,
@@ -79,12 +108,7 @@ def run_node(
     """
     node = run.dag.node(node_id)
     registry = registry or default_registry()
-    run.event(
-        EventKind.NODE_STARTED,
-        node=node.id,
-        attempt=attempt,
-        detail={"engine": node.engine, "modules": [m.id for m in node.modules]},
-    )
+    run.event(EventKind.NODE_STARTED, node=node.id, attempt=attempt, detail=node_started_detail(run, node))
     started = time.monotonic()
     try:
         executor = _executor(registry, node)
@@ -124,7 +148,16 @@ def run_pipeline(
     result = RunResult(run.run_id)
     run.event(
         EventKind.RUN_STARTED,
-        detail={"params": {k: str(v) for k, v in run.params.items()}, "nodes": [n.id for n in dag.nodes]},
+        detail={
+            "params": {k: str(v) for k, v in run.params.items()},
+            "nodes": [n.id for n in dag.nodes],
+            "spec_sha256": dag.spec.sha256,
+            "owner": dag.spec.owner,
+            "priority": dag.spec.priority,
+            "upstream": {n.id: n.upstream for n in dag.nodes},  # the outer DAG, drawn before nodes start
+            # Every dataset the run will read or write: the center never deletes them while it runs.
+            "uses": sorted({run.datasets[name].uri for n in dag.nodes for name in (*n.reads, *n.writes)}),
+        },
     )
     for node in dag.nodes:
         blocked = [u for u in node.upstream if result.states.get(u) is not NodeState.SUCCEEDED]

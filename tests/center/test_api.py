@@ -1,0 +1,162 @@
+"""REST API: every endpoint, with unauthorized (401) and forbidden (403) cases, and the audit trail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from weiflow.center.api import create_app
+from weiflow.center.models import Role
+from weiflow.center.repository import create_token, create_user
+from weiflow.center.retention import sweep
+from weiflow.tracking import DatasetInfo, Event, EventKind
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def api(sessions: sessionmaker[Session]) -> tuple[TestClient, dict[str, dict[str, str]]]:
+    headers = {}
+    with sessions() as session:
+        for name, role, groups in (
+            ("root", Role.ADMIN, []),
+            ("alice", Role.OWNER, ["ranking"]),
+            ("bob", Role.OWNER, ["ads"]),
+            ("vera", Role.VIEWER, []),
+        ):
+            create_user(session, name, role, groups=groups)
+            headers[name] = {"Authorization": f"Bearer {create_token(session, name)}"}
+    return TestClient(create_app(sessions)), headers
+
+
+def events(tmp_path: Path) -> list[str]:
+    path = tmp_path / "samples"
+    path.mkdir()
+    (path / "part-0").write_text("x" * 10)
+    uri = f"file://{path}"
+    ts = T0.isoformat()
+    writes = {"samples": {"uri": uri, "retention": "ttl:1", "consumers": []}}
+    return [
+        e.to_json()
+        for e in (
+            Event(EventKind.RUN_STARTED, "r1", "feed", ts=ts, detail={"owner": "ranking", "upstream": {"make": []}}),
+            Event(
+                EventKind.NODE_STARTED, "r1", "feed", node="make", ts=ts, detail={"modules": ["w"], "writes": writes}
+            ),
+            Event(
+                EventKind.DATASET_WRITTEN,
+                "r1",
+                "feed",
+                node="make",
+                module="w",
+                ts=ts,
+                dataset=DatasetInfo("samples", uri, "json", 10, 1, 1),
+            ),
+            Event(EventKind.MODULE_SUCCEEDED, "r1", "feed", node="make", module="w", ts=ts),
+            Event(EventKind.NODE_SUCCEEDED, "r1", "feed", node="make", ts=ts),
+            Event(EventKind.RUN_SUCCEEDED, "r1", "feed", ts=ts),
+        )
+    ]
+
+
+def test_every_endpoint_needs_a_valid_token(api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
+    client, _ = api
+    bad = {"Authorization": "Bearer wf_not-a-token"}
+    for method, path in (
+        ("get", "/api/v1/me"),
+        ("get", "/api/v1/runs"),
+        ("get", "/api/v1/runs/1"),
+        ("get", "/api/v1/datasets"),
+        ("get", "/api/v1/datasets/1"),
+        ("get", "/api/v1/jobs"),
+        ("get", "/api/v1/models"),
+        ("get", "/api/v1/audit"),
+        ("post", "/api/v1/events"),
+        ("post", "/api/v1/datasets/1/pin"),
+        ("post", "/api/v1/datasets/1/unpin"),
+        ("post", "/api/v1/datasets/1/confirm-deletion"),
+        ("post", "/api/v1/datasets/1/reject-deletion"),
+    ):
+        for headers in ({}, bad):
+            response = getattr(client, method)(path, headers=headers)
+            assert response.status_code == 401, (method, path, response.text)
+
+
+def test_openapi_document_is_served(api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
+    client, _ = api
+    paths = client.get("/api/openapi.json").json()["paths"]
+    assert "/api/v1/datasets/{dataset_id}/confirm-deletion" in paths and "/api/v1/runs/{run_pk}" in paths
+
+
+def test_ingest_then_browse_runs_datasets_jobs(
+    api: tuple[TestClient, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    client, h = api
+    body = "[" + ",".join(events(tmp_path)) + "]"
+    assert client.post("/api/v1/events", content=body, headers=h["vera"]).status_code == 403
+    first = client.post("/api/v1/events", content=body, headers=h["alice"]).json()
+    assert (first["applied"], first["duplicate"], first["rejected"]) == (6, 0, 0)
+    assert client.post("/api/v1/events", content=body, headers=h["alice"]).json()["duplicate"] == 6
+    assert client.post("/api/v1/events", content="{not json", headers=h["alice"]).status_code == 400
+    runs = client.get("/api/v1/runs", params={"pipeline": "feed"}, headers=h["vera"]).json()
+    assert [(r["run_id"], r["state"]) for r in runs["items"]] == [("r1", "succeeded")] and runs["next"] is None
+    assert client.get("/api/v1/runs", params={"state": "failed"}, headers=h["vera"]).json()["items"] == []
+    detail = client.get(f"/api/v1/runs/{runs['items'][0]['id']}", headers=h["vera"]).json()
+    assert [(n["id"], [m["state"] for m in n["modules"]]) for n in detail["nodes"]] == [("make", ["succeeded"])]
+    assert client.get("/api/v1/runs/999", headers=h["vera"]).status_code == 404
+    datasets = client.get("/api/v1/datasets", params={"owner": "ranking"}, headers=h["vera"]).json()["items"]
+    assert [(d["name"], d["size_bytes"], d["state"]) for d in datasets] == [("samples", 10, "live")]
+    one = client.get(f"/api/v1/datasets/{datasets[0]['id']}", headers=h["vera"]).json()
+    assert one["producer"]["node"] == "make" and one["lineage"] == {"upstream": [], "downstream": []}
+    assert client.get("/api/v1/datasets/999", headers=h["vera"]).status_code == 404
+    assert client.get("/api/v1/jobs", headers=h["vera"]).json()[0]["name"] == "feed"
+    assert client.get("/api/v1/models", headers=h["vera"]).json() == []
+
+
+def test_pagination_walks_every_page_once(api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:
+    client, h = api
+    batch = [Event(EventKind.RUN_STARTED, f"r{i}", "p").to_json() for i in range(7)]
+    client.post("/api/v1/events", content="[" + ",".join(batch) + "]", headers=h["root"])
+    seen: list[str] = []
+    params: dict[str, int] = {"limit": 3}
+    while True:
+        page = client.get("/api/v1/runs", params=params, headers=h["vera"]).json()
+        seen += [r["run_id"] for r in page["items"]]
+        if page["next"] is None:
+            break
+        params["before"] = page["next"]
+    assert sorted(seen) == sorted(f"r{i}" for i in range(7)) and len(seen) == 7
+    assert client.get("/api/v1/runs", params={"limit": 0}, headers=h["vera"]).status_code == 422
+
+
+def test_only_the_owner_or_an_admin_confirms_pins_and_everything_is_audited(
+    api: tuple[TestClient, dict[str, dict[str, str]]], sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    client, h = api
+    client.post("/api/v1/events", content="[" + ",".join(events(tmp_path)) + "]", headers=h["alice"])
+    [dataset] = client.get("/api/v1/datasets", headers=h["vera"]).json()["items"]
+    url = f"/api/v1/datasets/{dataset['id']}"
+    assert client.post(url + "/confirm-deletion", headers=h["alice"]).status_code == 409  # not pending yet
+    sweep(sessions, now=T0 + timedelta(days=2))
+    for who, code in (("vera", 403), ("bob", 403)):
+        for action in ("confirm-deletion", "reject-deletion", "pin", "unpin"):
+            assert client.post(f"{url}/{action}", headers=h[who]).status_code == code, (who, action)
+    confirmed = client.post(url + "/confirm-deletion", headers=h["alice"]).json()
+    assert confirmed["state"] == "pending-deletion"
+    pinned = client.post(url + "/pin", headers=h["root"]).json()
+    assert (pinned["pinned"], pinned["state"]) == (True, "live")
+    assert client.post(url + "/unpin", headers=h["alice"]).json()["pinned"] is False
+    assert client.post("/api/v1/datasets/999/pin", headers=h["root"]).status_code == 404
+    assert client.get("/api/v1/audit", headers=h["alice"]).status_code == 403
+    actions = [(a["actor"], a["action"]) for a in client.get("/api/v1/audit", headers=h["root"]).json()["items"]]
+    assert actions[:4] == [
+        ("alice", "dataset.unpin"),
+        ("root", "dataset.pin"),
+        ("alice", "deletion.confirm"),
+        ("system:sweep", "retention.mark"),
+    ]
+    assert client.get("/api/v1/me", headers=h["bob"]).json() == {"username": "bob", "role": "owner", "groups": ["ads"]}

@@ -1,0 +1,100 @@
+"""The runtime reports through a spool: a run completes with the center down, and nothing is lost when it is back."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from weiflow.center.api import create_app
+from weiflow.center.models import IngestedEvent, Role, Run
+from weiflow.center.repository import create_token, create_user
+from weiflow.tracking import CenterTracker, Event, EventKind
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, sessions: sessionmaker[Session], port: int) -> None:
+        config = uvicorn.Config(create_app(sessions), host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "center did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def token(sessions: sessionmaker[Session]) -> str:
+    with sessions() as session:
+        create_user(session, "runtime", Role.OWNER)
+        return create_token(session, "runtime")
+
+
+def count(sessions: sessionmaker[Session], model: type[IngestedEvent] | type[Run]) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_events_wait_in_the_spool_while_the_center_is_down(
+    sessions: sessionmaker[Session], token: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    tracker = CenterTracker(f"http://127.0.0.1:{port}", tmp_path / "spool", token=token, timeout_s=0.5)
+    events = [Event(EventKind.RUN_STARTED, "r1", "p"), Event(EventKind.RUN_SUCCEEDED, "r1", "p")]
+    started = time.monotonic()
+    for event in events:
+        tracker.emit(event)  # the center is down: emit returns, the run goes on
+    assert time.monotonic() - started < 2  # one failed try, then no waiting on every event
+    assert len(tracker.pending()) == 2 and tracker.last_error
+    with Server(sessions, port):
+        assert tracker.flush()
+        assert tracker.pending() == []
+        assert tracker.flush()  # nothing left: nothing sent twice
+    assert count(sessions, IngestedEvent) == 2
+    with sessions() as session:
+        assert session.scalar(select(Run.state)) == "succeeded"
+
+
+def test_a_bad_token_keeps_events_spooled(sessions: sessionmaker[Session], token: str, tmp_path: Path) -> None:
+    port = free_port()
+    tracker = CenterTracker(f"http://127.0.0.1:{port}", tmp_path / "spool", token="wf_wrong")
+    with Server(sessions, port):
+        tracker.emit(Event(EventKind.RUN_STARTED, "r1", "p"))
+        assert tracker.pending() and "401" in (tracker.last_error or "")
+        tracker.token = token
+        assert tracker.flush()
+    assert count(sessions, Run) == 1
+
+
+def test_redelivery_after_a_lost_acknowledgement_counts_once(
+    sessions: sessionmaker[Session], token: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    tracker = CenterTracker(f"http://127.0.0.1:{port}", tmp_path / "spool", token=token)
+    event = Event(EventKind.RUN_STARTED, "r1", "p")
+    with Server(sessions, port):
+        tracker.emit(event)
+        # The center applied it but the reply was lost: the runtime spools and sends it again.
+        tracker._spool(event)
+        assert tracker.flush()
+    assert count(sessions, IngestedEvent) == 1

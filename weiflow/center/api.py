@@ -1,0 +1,164 @@
+"""The REST API (FastAPI; OpenAPI at ``/api/openapi.json``, docs at ``/api/docs``).
+
+Every endpoint needs a bearer token (``Authorization: Bearer wf_...``): 401 without a valid
+one, 403 when the role may not do it. Viewers read; owners also ingest events and manage
+their own datasets; admins manage everything and read the audit log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from weiflow.center import repository as repo
+from weiflow.center.ingest import ingest_events, parse_events
+from weiflow.center.models import Role
+from weiflow.center.repository import ActionError, Principal
+
+__all__ = ["create_app"]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _session(request: Request) -> Iterator[Session]:
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    with sessions() as session:
+        yield session
+
+
+Db = Annotated[Session, Depends(_session)]
+
+
+def _principal(db: Db, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    found = repo.authenticate_token(db, credentials.credentials, kind="api") if credentials else None
+    if found is None:
+        raise HTTPException(401, "a valid API token is required", headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+# Module level, not inside create_app: FastAPI resolves these (string) annotations in the module's globals.
+User = Annotated[Principal, Depends(_principal)]
+
+
+def create_app(sessions: sessionmaker[Session]) -> FastAPI:
+    app = FastAPI(
+        title="WeiFlow control center",
+        version="1",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.sessions = sessions
+
+    def need(user: Principal, *roles: Role) -> None:
+        if user.role not in roles:
+            raise HTTPException(403, f"role '{user.role}' may not do this (needs {' or '.join(roles)})")
+
+    def act(call: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except ActionError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+
+    @app.get("/api/v1/me")
+    def me(user: User) -> dict[str, Any]:
+        return {"username": user.username, "role": str(user.role), "groups": list(user.groups)}
+
+    @app.post("/api/v1/events")
+    async def post_events(request: Request, user: User) -> dict[str, Any]:
+        """Ingest a JSON array of events (the runtime's spool posts these); idempotent by event id."""
+        need(user, Role.ADMIN, Role.OWNER)
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise HTTPException(400, "body must be a JSON array of events") from None
+        events, problems = parse_events(payload)
+        with sessions() as db:
+            result = ingest_events(db, events)
+        return {**result, "rejected": len(problems), "problems": problems[:20]}
+
+    @app.get("/api/v1/runs")
+    def runs(
+        db: Db,
+        user: User,
+        *,
+        pipeline: str | None = None,
+        state: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
+        before: int | None = None,
+    ) -> dict[str, Any]:
+        items = repo.list_runs(db, pipeline=pipeline, state=state, limit=limit, before=before)
+        return {"items": items, "next": items[-1]["id"] if len(items) == limit else None}
+
+    @app.get("/api/v1/runs/{run_pk}")
+    def run(run_pk: int, db: Db, user: User) -> dict[str, Any]:
+        detail = repo.run_detail(db, run_pk)
+        if detail is None:
+            raise HTTPException(404, f"no run {run_pk}")
+        return detail
+
+    @app.get("/api/v1/datasets")
+    def datasets(
+        db: Db,
+        user: User,
+        *,
+        state: str | None = None,
+        owner: str | None = None,
+        name: str | None = None,
+        pipeline: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
+        before: int | None = None,
+    ) -> dict[str, Any]:
+        items = repo.list_datasets(
+            db, state=state, owner=owner, name=name, pipeline=pipeline, limit=limit, before=before
+        )
+        return {"items": items, "next": items[-1]["id"] if len(items) == limit else None}
+
+    @app.get("/api/v1/datasets/{dataset_id}")
+    def dataset(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+        detail = repo.dataset_detail(db, dataset_id)
+        if detail is None:
+            raise HTTPException(404, f"no dataset {dataset_id}")
+        return detail
+
+    @app.post("/api/v1/datasets/{dataset_id}/confirm-deletion")
+    def confirm(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+        need(user, Role.ADMIN, Role.OWNER)
+        return dict(act(repo.set_deletion, db, user, dataset_id, confirm=True))
+
+    @app.post("/api/v1/datasets/{dataset_id}/reject-deletion")
+    def reject(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+        need(user, Role.ADMIN, Role.OWNER)
+        return dict(act(repo.set_deletion, db, user, dataset_id, confirm=False))
+
+    @app.post("/api/v1/datasets/{dataset_id}/pin")
+    def pin(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+        need(user, Role.ADMIN, Role.OWNER)
+        return dict(act(repo.set_pin, db, user, dataset_id, pinned=True))
+
+    @app.post("/api/v1/datasets/{dataset_id}/unpin")
+    def unpin(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+        need(user, Role.ADMIN, Role.OWNER)
+        return dict(act(repo.set_pin, db, user, dataset_id, pinned=False))
+
+    @app.get("/api/v1/jobs")
+    def jobs(db: Db, user: User) -> list[dict[str, Any]]:
+        return repo.list_jobs(db)
+
+    @app.get("/api/v1/models")
+    def models(db: Db, user: User) -> list[dict[str, Any]]:
+        return repo.list_models(db)
+
+    @app.get("/api/v1/audit")
+    def audit(
+        db: Db, user: User, limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 100, before: int | None = None
+    ) -> dict[str, Any]:
+        need(user, Role.ADMIN)
+        items = repo.audit_entries(db, limit=limit, before=before)
+        return {"items": items, "next": items[-1]["id"] if len(items) == limit else None}
+
+    return app

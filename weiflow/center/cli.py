@@ -1,0 +1,98 @@
+"""``weiflow center serve|migrate|sweep|orphans|user``: reached from ``weiflow center`` (weiflow/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+
+from weiflow.center.db import make_engine, make_sessionmaker, migrate
+from weiflow.center.models import Role
+from weiflow.center.repository import ActionError, create_token, create_user
+from weiflow.center.retention import find_orphans, sweep
+from weiflow.config import Settings
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weiflow center", description="The WeiFlow control center.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("serve", help="serve the REST API on 127.0.0.1 (migrates first)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    sub.add_parser("migrate", help="create or upgrade the database schema")
+    p = sub.add_parser("sweep", help="one retention sweep: mark, then delete what is confirmed or past grace")
+    p.add_argument(
+        "--dry-run", action="store_true", help="change nothing; list what would be marked or deleted, and why"
+    )
+    p.add_argument("--grace-days", type=float, default=3.0)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("orphans", help="files under the storage root that no dataset claims")
+    p.add_argument("--days", type=float, default=30.0, help="untouched for at least this long")
+    p.add_argument("roots", nargs="*", help="storage roots (default: the configured storage)")
+    p = sub.add_parser("user", help="add a user (prints an API token)")
+    p.add_argument("username")
+    p.add_argument("--role", choices=[r.value for r in Role], required=True)
+    p.add_argument("--password", help="for console login (omit for a token-only user)")
+    p.add_argument("--group", action="append", default=[], help="pipeline owner this user answers for (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str], settings: Settings) -> int:
+    args = _parser().parse_args(list(argv))
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    if args.command == "migrate":
+        migrate(engine)
+        print(f"schema up to date: {engine.url.render_as_string(hide_password=True)}", file=sys.stderr)
+        return 0
+    migrate(engine)
+    if args.command == "serve":
+        import uvicorn
+
+        from weiflow.center.api import create_app
+
+        uvicorn.run(create_app(sessions), host=args.host, port=args.port, log_level="info")
+        return 0
+    if args.command == "sweep":
+        report = sweep(sessions, grace=timedelta(days=args.grace_days), dry_run=args.dry_run)
+        if args.json:
+            print(json.dumps(asdict(report), indent=2, default=str))
+        else:
+            for label, entries in (
+                ("mark", report.marked),
+                ("keep", report.unmarked + report.kept),
+                ("delete" if not args.dry_run else "would delete", report.deleted + report.would_delete),
+                ("FAILED", report.failed),
+            ):
+                for entry in entries:
+                    print(f"{label:<13} {entry['uri']}  ({entry.get('reason')})")
+            print(report.summary(), file=sys.stderr)
+        return 1 if report.failed else 0
+    if args.command == "orphans":
+        with sessions() as session:
+            orphans = find_orphans(session, args.roots or [settings.storage], older_than_days=args.days)
+        for orphan in orphans:
+            print(f"{orphan.path}\t{orphan.files} file(s)\t{orphan.size_bytes} bytes\tnewest {orphan.newest:%Y-%m-%d}")
+        print(f"{len(orphans)} orphan director(ies) untouched for {args.days:g} days", file=sys.stderr)
+        return 0
+    with sessions() as session:
+        try:
+            create_user(session, args.username, Role(args.role), password=args.password, groups=args.group)
+        except IntegrityError:
+            print(f"weiflow center: user '{args.username}' exists", file=sys.stderr)
+            return 2
+        try:
+            token = create_token(session, args.username)
+        except ActionError as exc:
+            print(f"weiflow center: {exc}", file=sys.stderr)
+            return 1
+    print(token)
+    print(f"user '{args.username}' ({args.role}) created; the line above is its API token, shown once", file=sys.stderr)
+    return 0

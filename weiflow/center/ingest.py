@@ -1,0 +1,352 @@
+"""Events in, rows out: the only way runtime facts reach the center's database.
+
+Ingestion is idempotent (an event id is applied once) and order-tolerant: events of one run
+come from several processes (parallel Airflow tasks) and from spools delivered late, so a
+``node.succeeded`` may arrive before its ``node.started``, or a run's first event may be a
+node's. Rows are created on first mention, and a state never moves back from an end state
+to ``running`` for the same attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from weiflow.center.models import (
+    Dataset,
+    DatasetRead,
+    DatasetState,
+    IngestedEvent,
+    Metric,
+    Model,
+    ModelVersion,
+    ModuleRun,
+    NodeRun,
+    Pipeline,
+    PipelineVersion,
+    Run,
+    RunUse,
+    State,
+)
+from weiflow.tracking import Event, EventKind
+
+__all__ = ["IngestResult", "ingest_events", "parse_events"]
+
+log = logging.getLogger("weiflow.center")
+
+_ENDED = {State.SUCCEEDED, State.FAILED, State.SKIPPED}
+_END_STATE = {
+    EventKind.RUN_SUCCEEDED: State.SUCCEEDED,
+    EventKind.RUN_FAILED: State.FAILED,
+    EventKind.NODE_SUCCEEDED: State.SUCCEEDED,
+    EventKind.NODE_FAILED: State.FAILED,
+    EventKind.NODE_SKIPPED: State.SKIPPED,
+    EventKind.MODULE_SUCCEEDED: State.SUCCEEDED,
+    EventKind.MODULE_FAILED: State.FAILED,
+}
+
+
+class IngestResult(dict[str, int]):
+    """Counts: applied, duplicate, rejected."""
+
+
+def parse_events(payload: Any) -> tuple[list[Event], list[str]]:
+    """Events from a JSON array (of objects or of JSON strings); bad entries are reported, not fatal.
+
+    One malformed event must not block a spool forever, so it is rejected with its reason and
+    the rest are applied.
+    """
+    items = payload if isinstance(payload, list) else [payload]
+    events: list[Event] = []
+    problems: list[str] = []
+    for index, item in enumerate(items):
+        try:
+            events.append(Event.from_json(item if isinstance(item, str) else json.dumps(item)))
+        except (TypeError, ValueError, KeyError) as exc:
+            problems.append(f"event {index}: {type(exc).__name__}: {exc}")
+    return events, problems
+
+
+def _ts(event: Event) -> datetime:
+    try:
+        value = datetime.fromisoformat(event.ts)
+    except ValueError:
+        return datetime.now(UTC)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def ingest_events(session: Session, events: list[Event]) -> IngestResult:
+    """Apply events in order, each at most once; commits. Returns counts."""
+    result = IngestResult(applied=0, duplicate=0, rejected=0)
+    for event in events:
+        if session.get(IngestedEvent, event.id) is not None:
+            result["duplicate"] += 1
+            continue
+        try:
+            with session.begin_nested():
+                session.add(IngestedEvent(id=event.id, kind=str(event.kind)))
+                session.flush()
+                _Applier(session, event).apply()
+        except IntegrityError:
+            # Another center process applied the same event (or created the same row) meanwhile.
+            result["duplicate"] += 1
+            continue
+        result["applied"] += 1
+    session.commit()
+    return result
+
+
+class _Applier:
+    def __init__(self, session: Session, event: Event) -> None:
+        self.s = session
+        self.e = event
+        self.ts = _ts(event)
+
+    def apply(self) -> None:
+        kind = self.e.kind
+        run = self._run()
+        if kind is EventKind.RUN_STARTED:
+            self._run_started(run)
+        elif kind in (EventKind.RUN_SUCCEEDED, EventKind.RUN_FAILED):
+            if run.started_at is None:
+                run.started_at = self.ts
+            run.state = _END_STATE[kind]
+            run.ended_at = self.ts
+            run.error = self.e.error
+            run.duration_s = (self.ts - run.started_at).total_seconds()
+        elif kind is EventKind.NODE_STARTED:
+            self._node_started(run)
+        elif kind in (EventKind.NODE_SUCCEEDED, EventKind.NODE_FAILED, EventKind.NODE_SKIPPED):
+            node = self._node(run)
+            if self._newer(node.state, node.attempt):
+                node.state = _END_STATE[kind]
+                node.attempt = self.e.attempt or node.attempt
+                node.ended_at = self.ts
+                node.duration_s = self.e.duration_s
+                node.error = self.e.error
+        elif kind is EventKind.MODULE_STARTED:
+            module = self._module(run)
+            if self._newer(module.state, module.attempt, starting=True):
+                module.state, module.attempt = State.RUNNING, self.e.attempt or 1
+                module.started_at, module.ended_at, module.error, module.duration_s = self.ts, None, None, None
+        elif kind in (EventKind.MODULE_SUCCEEDED, EventKind.MODULE_FAILED):
+            module = self._module(run)
+            if self._newer(module.state, module.attempt):
+                module.state, module.attempt = _END_STATE[kind], self.e.attempt or module.attempt
+                module.ended_at, module.duration_s, module.error = self.ts, self.e.duration_s, self.e.error
+                module.log_uri = self.e.detail.get("log") or module.log_uri
+        elif kind is EventKind.DATASET_WRITTEN:
+            self._dataset_written(run)
+        elif kind is EventKind.METRICS:
+            self._metrics(run)
+        elif kind is EventKind.CLUSTER_STARTED:
+            node = self._node(run)
+            node.plan = {**node.plan, "processes": self.e.detail.get("processes", [])}
+        self._model(run)
+
+    def _newer(self, state: str, attempt: int, *, starting: bool = False) -> bool:
+        """Whether this event may change a row that is in ``state`` for ``attempt``."""
+        this = self.e.attempt or 1
+        if this != attempt:
+            return this > attempt
+        return not (starting and state in _ENDED)  # a late 'started' never undoes an end
+
+    def _pipeline(self) -> Pipeline:
+        pipeline = self.s.scalar(select(Pipeline).where(Pipeline.name == self.e.pipeline))
+        if pipeline is None:
+            pipeline = Pipeline(name=self.e.pipeline, created_at=self.ts)
+            self.s.add(pipeline)
+            self.s.flush()
+        owner, priority = self.e.detail.get("owner"), self.e.detail.get("priority")
+        if owner and pipeline.owner != owner:
+            pipeline.owner = owner
+        if priority and pipeline.priority != priority:
+            pipeline.priority = priority
+        return pipeline
+
+    def _run(self) -> Run:
+        pipeline = self._pipeline()
+        run = self.s.scalar(select(Run).where(Run.pipeline_id == pipeline.id, Run.run_id == self.e.run_id))
+        if run is None:
+            run = Run(run_id=self.e.run_id, pipeline_id=pipeline.id, state=State.RUNNING, started_at=self.ts)
+            run.params, run.upstream = {}, {}
+            self.s.add(run)
+            self.s.flush()
+        sha = self.e.detail.get("spec_sha256")
+        if sha and run.version_id is None:
+            version = self.s.scalar(
+                select(PipelineVersion).where(PipelineVersion.pipeline_id == pipeline.id, PipelineVersion.sha256 == sha)
+            )
+            if version is None:
+                version = PipelineVersion(pipeline_id=pipeline.id, sha256=sha, first_seen=self.ts)
+                self.s.add(version)
+                self.s.flush()
+            run.version_id = version.id
+        if self.e.detail.get("priority") and not run.priority:
+            run.priority = self.e.detail["priority"]
+        return run
+
+    def _run_started(self, run: Run) -> None:
+        if run.state not in _ENDED:
+            run.state = State.QUEUED if self.e.detail.get("queued") else State.RUNNING
+        run.started_at = min(run.started_at or self.ts, self.ts)
+        run.params = dict(self.e.detail.get("params", {}))
+        run.upstream = {**run.upstream, **self.e.detail.get("upstream", {})}
+        for uri in self.e.detail.get("uses", []):
+            self._use(run, str(uri))
+
+    def _use(self, run: Run, uri: str) -> None:
+        exists = self.s.scalar(select(RunUse.id).where(RunUse.run_pk == run.id, RunUse.uri == uri))
+        if exists is None:
+            self.s.add(RunUse(run_pk=run.id, uri=uri))
+
+    def _node(self, run: Run) -> NodeRun:
+        node_id = self.e.node or "?"
+        node = self.s.scalar(select(NodeRun).where(NodeRun.run_pk == run.id, NodeRun.node == node_id))
+        if node is None:
+            node = NodeRun(run_pk=run.id, node=node_id, state=State.QUEUED, attempt=self.e.attempt or 1)
+            node.plan = {}
+            self.s.add(node)
+            self.s.flush()
+        return node
+
+    def _node_started(self, run: Run) -> None:
+        node = self._node(run)
+        detail = self.e.detail
+        if self._newer(node.state, node.attempt, starting=True):
+            node.state, node.attempt = State.RUNNING, self.e.attempt or 1
+            node.started_at, node.ended_at, node.error, node.duration_s = self.ts, None, None, None
+        node.engine = detail.get("engine") or node.engine
+        node.priority = detail.get("priority") or run.priority
+        node.resources = detail.get("resources") or node.resources
+        node.backend = detail.get("backend") or node.backend
+        node.plan = {**node.plan, **{k: v for k, v in detail.items() if k != "spec_sha256"}}
+        if run.state not in _ENDED:
+            run.state = State.RUNNING
+        if node.node not in run.upstream:
+            run.upstream = {**run.upstream, node.node: list(detail.get("upstream", []))}
+        types = detail.get("module_types", {})
+        for module_id in detail.get("modules", []):
+            self._module_row(node, module_id, types.get(module_id))
+        for name, uri in detail.get("reads", {}).items():
+            self._use(run, uri)
+            self._read(run, node.node, name, uri)
+        for info in detail.get("writes", {}).values():
+            if isinstance(info, dict) and "uri" in info:
+                self._use(run, info["uri"])
+
+    def _read(self, run: Run, node: str, name: str, uri: str) -> None:
+        dataset = self.s.scalar(select(Dataset).where(Dataset.uri == uri))
+        if dataset is None:
+            # Read before any writer reported it: a dataset from outside WeiFlow (external), kept for lineage.
+            dataset = Dataset(uri=uri, name=name, external=True, created_at=self.ts, last_access=self.ts)
+            dataset.consumers_expected = []
+            self.s.add(dataset)
+            self.s.flush()
+        if dataset.last_access is None or dataset.last_access < self.ts:
+            dataset.last_access = self.ts
+        seen = self.s.scalar(
+            select(DatasetRead.id).where(
+                DatasetRead.dataset_id == dataset.id, DatasetRead.run_pk == run.id, DatasetRead.node == node
+            )
+        )
+        if seen is None:
+            self.s.add(DatasetRead(dataset_id=dataset.id, run_pk=run.id, node=node, ts=self.ts))
+
+    def _module_row(self, node: NodeRun, module_id: str, type_name: str | None) -> ModuleRun:
+        module = self.s.scalar(select(ModuleRun).where(ModuleRun.node_run_id == node.id, ModuleRun.module == module_id))
+        if module is None:
+            module = ModuleRun(node_run_id=node.id, module=module_id, type=type_name, state=State.QUEUED, attempt=1)
+            self.s.add(module)
+            self.s.flush()
+        elif type_name and not module.type:
+            module.type = type_name
+        return module
+
+    def _module(self, run: Run) -> ModuleRun:
+        node = self._node(run)
+        return self._module_row(node, self.e.module or "?", None)
+
+    def _dataset_written(self, run: Run) -> None:
+        info = self.e.dataset
+        if info is None:
+            return
+        node = self._node(run) if self.e.node else None
+        declared = (node.plan.get("writes", {}) if node else {}).get(info.name)
+        declared = declared if isinstance(declared, dict) else {}
+        pipeline = self.s.get(Pipeline, run.pipeline_id)
+        dataset = self.s.scalar(select(Dataset).where(Dataset.uri == info.uri))
+        if dataset is None:
+            dataset = Dataset(uri=info.uri, name=info.name, created_at=self.ts)
+            self.s.add(dataset)
+        elif dataset.state not in (DatasetState.LIVE, DatasetState.DELETING):
+            # Written again (a rerun): the files are new, so an old mark or tombstone no longer applies.
+            dataset.state, dataset.reason, dataset.marked_at, dataset.delete_after = DatasetState.LIVE, None, None, None
+            dataset.deleted_at, dataset.confirmed_by = None, None
+            dataset.created_at = self.ts
+        dataset.name = info.name
+        dataset.external = False
+        dataset.format = info.format
+        dataset.size_bytes, dataset.files, dataset.rows = info.size_bytes, info.files, info.rows
+        dataset.schema = info.schema
+        dataset.pipeline_id = run.pipeline_id
+        dataset.owner = pipeline.owner if pipeline else None
+        dataset.producer_run_pk, dataset.producer_node = run.id, self.e.node
+        dataset.retention = declared.get("retention") or self.e.detail.get("retention") or dataset.retention
+        dataset.consumers_expected = list(declared.get("consumers", self.e.detail.get("consumers", [])))
+        if dataset.retention == "pinned":
+            dataset.pinned = True
+        self._use(run, info.uri)
+
+    def _metrics(self, run: Run) -> None:
+        def numbers(prefix: str, values: dict[str, Any]) -> None:
+            for key, value in values.items():
+                name = f"{prefix}{key}"
+                if isinstance(value, bool):
+                    continue
+                if isinstance(value, int | float):
+                    self.s.add(
+                        Metric(
+                            run_pk=run.id,
+                            node=self.e.node,
+                            module=self.e.module,
+                            name=name[:200],
+                            value=float(value),
+                            ts=self.ts,
+                        )
+                    )
+                elif isinstance(value, dict) and not prefix:
+                    numbers(f"{key}.", value)
+
+        numbers("", self.e.detail)
+
+    def _model(self, run: Run) -> None:
+        """``detail.model = {name, version, uri?, deployed?, traffic?}`` on any event records a model version."""
+        spec = self.e.detail.get("model")
+        if not isinstance(spec, dict) or "name" not in spec or "version" not in spec:
+            return
+        model = self.s.scalar(select(Model).where(Model.name == str(spec["name"])))
+        if model is None:
+            model = Model(name=str(spec["name"]), created_at=self.ts)
+            self.s.add(model)
+            self.s.flush()
+        version = self.s.scalar(
+            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == str(spec["version"]))
+        )
+        if version is None:
+            version = ModelVersion(model_id=model.id, version=str(spec["version"]), run_pk=run.id, created_at=self.ts)
+            self.s.add(version)
+        uri = spec.get("uri") or (self.e.dataset.uri if self.e.dataset else None)
+        if uri:
+            version.uri = str(uri)
+            version.dataset_id = self.s.scalar(select(Dataset.id).where(Dataset.uri == str(uri)))
+        if "deployed" in spec:
+            version.deployed = bool(spec["deployed"])
+        if "traffic" in spec:
+            version.traffic = float(spec["traffic"])

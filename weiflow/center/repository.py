@@ -1,0 +1,575 @@
+"""Reads and owner actions on the center's database: what the API, the console and the CLI share.
+
+Lists use keyset pagination (``before`` = the last id seen) so page 1000 costs what page 1
+costs; rows are plain dicts, ready for JSON. Every change goes with an audit entry in the
+same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from weiflow.center.db import changed
+from weiflow.center.models import (
+    ApiToken,
+    AuditEntry,
+    Dataset,
+    DatasetRead,
+    DatasetState,
+    Metric,
+    Model,
+    ModelVersion,
+    ModuleRun,
+    NodeRun,
+    Pipeline,
+    PipelineVersion,
+    Role,
+    Run,
+    User,
+)
+
+__all__ = [
+    "ActionError",
+    "Principal",
+    "authenticate_password",
+    "authenticate_token",
+    "create_token",
+    "create_user",
+    "dataset_detail",
+    "hash_password",
+    "list_datasets",
+    "list_jobs",
+    "list_models",
+    "list_runs",
+    "run_detail",
+    "set_deletion",
+    "set_pin",
+]
+
+MAX_PAGE = 500
+
+
+class ActionError(Exception):
+    """An owner action that cannot be done; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Principal:
+    username: str
+    role: Role
+    groups: tuple[str, ...] = ()
+
+    def may_manage(self, owner: str | None) -> bool:
+        """Admins manage everything; an owner manages datasets of pipelines owned by them or their groups."""
+        if self.role is Role.ADMIN:
+            return True
+        return self.role is Role.OWNER and owner is not None and owner in (self.username, *self.groups)
+
+
+# ---- users, passwords, tokens ---------------------------------------------------------------------------------
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    salt = salt or os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def _check_password(password: str, stored: str) -> bool:
+    try:
+        scheme, salt, _digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    return hmac.compare_digest(hash_password(password, salt=bytes.fromhex(salt)), stored)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_user(
+    session: Session, username: str, role: Role, *, password: str | None = None, groups: list[str] | None = None
+) -> User:
+    user = User(
+        username=username,
+        role=role,
+        password_hash=hash_password(password) if password else None,
+        groups=list(groups or []),
+    )
+    session.add(user)
+    session.flush()
+    session.add(
+        AuditEntry(
+            actor="system", action="user.create", target_type="user", target_id=username, detail={"role": str(role)}
+        )
+    )
+    session.commit()
+    return user
+
+
+def create_token(
+    session: Session, username: str, *, name: str = "api", kind: str = "api", ttl: timedelta | None = None
+) -> str:
+    """A new secret for ``username``; only its hash is stored, so this is the one time it is seen."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise ActionError(404, f"no user '{username}'")
+    token = "wf_" + secrets.token_urlsafe(32)
+    expires = datetime.now(UTC) + ttl if ttl else None
+    session.add(ApiToken(user_id=user.id, token_hash=_token_hash(token), name=name, kind=kind, expires_at=expires))
+    if kind == "api":
+        session.add(AuditEntry(actor=username, action="token.create", target_type="user", target_id=username))
+    session.commit()
+    return token
+
+
+def _principal(user: User) -> Principal:
+    return Principal(user.username, Role(user.role), tuple(user.groups or ()))
+
+
+def authenticate_token(session: Session, token: str, *, kind: str | None = None) -> Principal | None:
+    query = select(User, ApiToken).join(ApiToken, ApiToken.user_id == User.id)
+    row = session.execute(query.where(ApiToken.token_hash == _token_hash(token))).first()
+    if row is None:
+        return None
+    user, record = row
+    if user.disabled or (kind is not None and record.kind != kind):
+        return None
+    if record.expires_at is not None and record.expires_at < datetime.now(UTC):
+        return None
+    return _principal(user)
+
+
+def revoke_token(session: Session, token: str) -> None:
+    session.execute(delete(ApiToken).where(ApiToken.token_hash == _token_hash(token)))
+    session.commit()
+
+
+def authenticate_password(session: Session, username: str, password: str) -> Principal | None:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None or user.disabled or not user.password_hash:
+        hash_password(password)  # same work either way: timing does not tell which usernames exist
+        return None
+    return _principal(user) if _check_password(password, user.password_hash) else None
+
+
+# ---- reads ----------------------------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _page(query: Any, id_column: Any, limit: int, before: int | None) -> Any:
+    if before is not None:
+        query = query.where(id_column < before)
+    return query.order_by(id_column.desc()).limit(max(1, min(limit, MAX_PAGE)))
+
+
+def list_runs(
+    session: Session,
+    *,
+    pipeline: str | None = None,
+    state: str | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> list[dict[str, Any]]:
+    query = select(
+        Run.id, Run.run_id, Pipeline.name, Run.state, Run.priority, Run.started_at, Run.ended_at, Run.duration_s
+    ).join(Pipeline, Pipeline.id == Run.pipeline_id)
+    if pipeline:
+        query = query.where(Pipeline.name == pipeline)
+    if state:
+        query = query.where(Run.state == state)
+    return [
+        {
+            "id": r.id,
+            "run_id": r.run_id,
+            "pipeline": r.name,
+            "state": r.state,
+            "priority": r.priority,
+            "started_at": _iso(r.started_at),
+            "ended_at": _iso(r.ended_at),
+            "duration_s": r.duration_s,
+        }
+        for r in session.execute(_page(query, Run.id, limit, before))
+    ]
+
+
+def run_detail(session: Session, run_pk: int) -> dict[str, Any] | None:
+    """A run with its two-level DAG: outer nodes (state, scheduling classes) each with their modules."""
+    row = session.execute(
+        select(Run, Pipeline.name, PipelineVersion.sha256)
+        .join(Pipeline, Pipeline.id == Run.pipeline_id)
+        .outerjoin(PipelineVersion, PipelineVersion.id == Run.version_id)
+        .where(Run.id == run_pk)
+    ).first()
+    if row is None:
+        return None
+    run, pipeline, sha = row
+    nodes = session.scalars(select(NodeRun).where(NodeRun.run_pk == run.id).order_by(NodeRun.id)).all()
+    modules: dict[int, list[ModuleRun]] = {}
+    for module in session.scalars(
+        select(ModuleRun).where(ModuleRun.node_run_id.in_([n.id for n in nodes])).order_by(ModuleRun.id)
+    ):
+        modules.setdefault(module.node_run_id, []).append(module)
+    by_id = {n.node: n for n in nodes}
+    outer = []
+    for node_id in [*run.upstream, *(n for n in by_id if n not in run.upstream)]:
+        node = by_id.get(node_id)
+        inputs = node.plan.get("module_inputs", {}) if node else {}
+        outer.append(
+            {
+                "id": node_id,
+                "state": node.state if node else "queued",
+                "upstream": run.upstream.get(node_id) or (node.plan.get("upstream", []) if node else []),
+                "engine": node.engine if node else None,
+                "attempt": node.attempt if node else None,
+                "priority": (node.priority if node else None) or run.priority,
+                "resources": node.resources if node else None,
+                "backend": node.backend if node else None,
+                "started_at": _iso(node.started_at) if node else None,
+                "ended_at": _iso(node.ended_at) if node else None,
+                "duration_s": node.duration_s if node else None,
+                "error": node.error if node else None,
+                "modules": [
+                    {
+                        "id": m.module,
+                        "type": m.type,
+                        "state": m.state,
+                        "inputs": inputs.get(m.module, []),
+                        "attempt": m.attempt,
+                        "started_at": _iso(m.started_at),
+                        "ended_at": _iso(m.ended_at),
+                        "duration_s": m.duration_s,
+                        "error": m.error,
+                        "log_uri": m.log_uri,
+                    }
+                    for m in (modules.get(node.id, []) if node else [])
+                ],
+            }
+        )
+    metrics = [
+        {"node": m.node, "module": m.module, "name": m.name, "value": m.value}
+        for m in session.scalars(select(Metric).where(Metric.run_pk == run.id).order_by(Metric.id))
+    ]
+    written = [
+        {"id": d.id, "name": d.name, "uri": d.uri, "state": d.state, "node": d.producer_node}
+        for d in session.scalars(select(Dataset).where(Dataset.producer_run_pk == run.id).order_by(Dataset.id))
+    ]
+    return {
+        "id": run.id,
+        "run_id": run.run_id,
+        "pipeline": pipeline,
+        "spec_sha256": sha,
+        "state": run.state,
+        "priority": run.priority,
+        "params": run.params,
+        "started_at": _iso(run.started_at),
+        "ended_at": _iso(run.ended_at),
+        "duration_s": run.duration_s,
+        "error": run.error,
+        "nodes": outer,
+        "datasets_written": written,
+        "metrics": metrics,
+    }
+
+
+def _dataset_row(d: Any) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "name": d.name,
+        "uri": d.uri,
+        "owner": d.owner,
+        "format": d.format,
+        "size_bytes": d.size_bytes,
+        "rows": d.rows,
+        "retention": d.retention,
+        "state": d.state,
+        "pinned": d.pinned,
+        "reason": d.reason,
+        "delete_after": _iso(d.delete_after),
+        "last_access": _iso(d.last_access),
+        "created_at": _iso(d.created_at),
+    }
+
+
+_DATASET_COLUMNS = (
+    Dataset.id,
+    Dataset.name,
+    Dataset.uri,
+    Dataset.owner,
+    Dataset.format,
+    Dataset.size_bytes,
+    Dataset.rows,
+    Dataset.retention,
+    Dataset.state,
+    Dataset.pinned,
+    Dataset.reason,
+    Dataset.delete_after,
+    Dataset.last_access,
+    Dataset.created_at,
+)
+
+
+def list_datasets(
+    session: Session,
+    *,
+    state: str | None = None,
+    owner: str | None = None,
+    name: str | None = None,
+    pipeline: str | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> list[dict[str, Any]]:
+    query = select(*_DATASET_COLUMNS)
+    if state:
+        query = query.where(Dataset.state == state)
+    if owner:
+        query = query.where(Dataset.owner == owner)
+    if name:
+        query = query.where(Dataset.name == name)
+    if pipeline:
+        query = query.where(
+            Dataset.pipeline_id == select(Pipeline.id).where(Pipeline.name == pipeline).scalar_subquery()
+        )
+    return [_dataset_row(d) for d in session.execute(_page(query, Dataset.id, limit, before))]
+
+
+def dataset_detail(session: Session, dataset_id: int) -> dict[str, Any] | None:
+    """A dataset with its lineage: the run and node that wrote it, who read it, what it came from, what came of it."""
+    d = session.get(Dataset, dataset_id)
+    if d is None:
+        return None
+    data = _dataset_row(d)
+    producer = None
+    upstream: list[dict[str, Any]] = []
+    if d.producer_run_pk is not None:
+        run = session.execute(
+            select(Run.id, Run.run_id, Run.state, Pipeline.name)
+            .join(Pipeline, Pipeline.id == Run.pipeline_id)
+            .where(Run.id == d.producer_run_pk)
+        ).first()
+        if run is not None:
+            producer = {"run": run.id, "run_id": run.run_id, "pipeline": run.name, "node": d.producer_node}
+        # Made from: what the producing node read in that run.
+        upstream = [
+            {"id": u.id, "name": u.name, "uri": u.uri, "state": u.state}
+            for u in session.execute(
+                select(Dataset.id, Dataset.name, Dataset.uri, Dataset.state)
+                .join(DatasetRead, DatasetRead.dataset_id == Dataset.id)
+                .where(DatasetRead.run_pk == d.producer_run_pk, DatasetRead.node == d.producer_node)
+            )
+        ]
+    reads = session.execute(
+        select(DatasetRead.run_pk, DatasetRead.node, DatasetRead.ts, Run.run_id, Pipeline.name)
+        .join(Run, Run.id == DatasetRead.run_pk)
+        .join(Pipeline, Pipeline.id == Run.pipeline_id)
+        .where(DatasetRead.dataset_id == d.id)
+        .order_by(DatasetRead.ts.desc())
+        .limit(200)
+    ).all()
+    consumers = [
+        {"run": r.run_pk, "run_id": r.run_id, "pipeline": r.name, "node": r.node, "ts": _iso(r.ts)} for r in reads
+    ]
+    downstream = [
+        {"id": x.id, "name": x.name, "uri": x.uri, "state": x.state}
+        for x in session.execute(
+            select(Dataset.id, Dataset.name, Dataset.uri, Dataset.state)
+            .join(DatasetRead, DatasetRead.run_pk == Dataset.producer_run_pk)
+            .where(DatasetRead.dataset_id == d.id, DatasetRead.node == Dataset.producer_node, Dataset.id != d.id)
+            .distinct()
+        )
+    ]
+    audit = [
+        {"ts": _iso(a.ts), "actor": a.actor, "action": a.action, "detail": a.detail}
+        for a in session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.target_type == "dataset", AuditEntry.target_id == str(d.id))
+            .order_by(AuditEntry.id.desc())
+            .limit(50)
+        )
+    ]
+    data.update(
+        files=d.files,
+        schema=d.schema,
+        external=d.external,
+        marked_at=_iso(d.marked_at),
+        deleted_at=_iso(d.deleted_at),
+        confirmed_by=d.confirmed_by,
+        producer=producer,
+        consumers=consumers,
+        lineage={"upstream": upstream, "downstream": downstream},
+        audit=audit,
+    )
+    return data
+
+
+def list_jobs(session: Session) -> list[dict[str, Any]]:
+    """Pipelines with their spec versions, run count and latest run."""
+    counts = dict(session.execute(select(Run.pipeline_id, func.count()).group_by(Run.pipeline_id)).all())
+    latest = {
+        row.pipeline_id: row
+        for row in session.execute(
+            select(Run.pipeline_id, Run.id, Run.run_id, Run.state).where(
+                Run.id.in_(select(func.max(Run.id)).group_by(Run.pipeline_id))
+            )
+        )
+    }
+    versions: dict[int, list[str]] = {}
+    for pipeline_id, sha in session.execute(
+        select(PipelineVersion.pipeline_id, PipelineVersion.sha256).order_by(PipelineVersion.id)
+    ):
+        versions.setdefault(pipeline_id, []).append(sha)
+    jobs = []
+    for p in session.scalars(select(Pipeline).order_by(Pipeline.name)):
+        last = latest.get(p.id)
+        jobs.append(
+            {
+                "name": p.name,
+                "owner": p.owner,
+                "priority": p.priority,
+                "runs": counts.get(p.id, 0),
+                "versions": versions.get(p.id, []),
+                "last_run": {"id": last.id, "run_id": last.run_id, "state": last.state} if last else None,
+            }
+        )
+    return jobs
+
+
+def list_models(session: Session) -> list[dict[str, Any]]:
+    models: dict[str, list[dict[str, Any]]] = {}
+    for name, v in session.execute(
+        select(Model.name, ModelVersion).join(ModelVersion, ModelVersion.model_id == Model.id).order_by(ModelVersion.id)
+    ):
+        models.setdefault(name, []).append(
+            {
+                "version": v.version,
+                "uri": v.uri,
+                "dataset": v.dataset_id,
+                "deployed": v.deployed,
+                "traffic": v.traffic,
+                "created_at": _iso(v.created_at),
+            }
+        )
+    return [{"name": name, "versions": versions} for name, versions in sorted(models.items())]
+
+
+# ---- owner actions --------------------------------------------------------------------------------------------
+
+
+def _dataset_for(session: Session, principal: Principal, dataset_id: int) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise ActionError(404, f"no dataset {dataset_id}")
+    if not principal.may_manage(dataset.owner):
+        raise ActionError(
+            403, f"only an admin or the owner ('{dataset.owner or 'nobody'}') may change dataset {dataset_id}"
+        )
+    return dataset
+
+
+def _log(session: Session, principal: Principal, action: str, dataset: Dataset, **detail: Any) -> None:
+    session.add(
+        AuditEntry(
+            actor=principal.username,
+            action=action,
+            target_type="dataset",
+            target_id=str(dataset.id),
+            detail={"uri": dataset.uri, **detail},
+        )
+    )
+
+
+def set_pin(session: Session, principal: Principal, dataset_id: int, *, pinned: bool) -> dict[str, Any]:
+    dataset = _dataset_for(session, principal, dataset_id)
+    if pinned:
+        # Conditional: a sweep that claimed it first ('deleting') wins, and the caller is told so.
+        done = session.execute(
+            update(Dataset)
+            .where(Dataset.id == dataset_id, Dataset.state.in_((DatasetState.LIVE, DatasetState.PENDING_DELETION)))
+            .values(pinned=True, state=DatasetState.LIVE, reason=f"pinned by {principal.username}", marked_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        if not changed(done):
+            session.rollback()
+            raise ActionError(409, f"dataset {dataset_id} is {dataset.state}: too late to pin it")
+    else:
+        if dataset.retention == "pinned":
+            raise ActionError(409, f'dataset {dataset_id} is pinned by its spec (retention="pinned"); change the spec')
+        session.execute(
+            update(Dataset)
+            .where(Dataset.id == dataset_id)
+            .values(pinned=False, reason=None)
+            .execution_options(synchronize_session=False)
+        )
+    _log(session, principal, "dataset.pin" if pinned else "dataset.unpin", dataset)
+    session.commit()
+    session.refresh(dataset)
+    return _dataset_row(dataset)
+
+
+def set_deletion(
+    session: Session, principal: Principal, dataset_id: int, *, confirm: bool, hold: timedelta = timedelta(days=30)
+) -> dict[str, Any]:
+    """Confirm (the next sweep deletes it) or reject (live again, not marked for ``hold``) a pending deletion."""
+    dataset = _dataset_for(session, principal, dataset_id)
+    pending = (Dataset.id == dataset_id) & (Dataset.state == DatasetState.PENDING_DELETION)
+    if confirm:
+        values: dict[str, Any] = {"confirmed_by": principal.username}
+    else:
+        values = {
+            "state": DatasetState.LIVE,
+            "reason": f"deletion rejected by {principal.username}",
+            "marked_at": None,
+            "delete_after": None,
+            "confirmed_by": None,
+            "held_until": datetime.now(UTC) + hold,
+        }
+    done = session.execute(update(Dataset).where(pending).values(**values).execution_options(synchronize_session=False))
+    if not changed(done):
+        session.rollback()
+        raise ActionError(409, f"dataset {dataset_id} is {dataset.state}, not pending deletion")
+    _log(session, principal, "deletion.confirm" if confirm else "deletion.reject", dataset)
+    session.commit()
+    session.refresh(dataset)
+    return _dataset_row(dataset)
+
+
+def audit_entries(session: Session, *, limit: int = 100, before: int | None = None) -> list[dict[str, Any]]:
+    query = select(
+        AuditEntry.id,
+        AuditEntry.ts,
+        AuditEntry.actor,
+        AuditEntry.action,
+        AuditEntry.target_type,
+        AuditEntry.target_id,
+        AuditEntry.detail,
+    )
+    return [
+        {
+            "id": a.id,
+            "ts": _iso(a.ts),
+            "actor": a.actor,
+            "action": a.action,
+            "target_type": a.target_type,
+            "target_id": a.target_id,
+            "detail": a.detail,
+        }
+        for a in session.execute(_page(query, AuditEntry.id, limit, before))
+    ]

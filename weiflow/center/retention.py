@@ -1,0 +1,381 @@
+"""Retention: mark what a policy says may go, delete it once confirmed or past its grace period, keep a tombstone.
+
+Policies (a dataset's ``retention`` attribute): ``ttl:<days>`` (since written), ``idle:<days>``
+(since last read, or written), ``consumed`` (every consumer node of the producing run has
+succeeded), ``keep-last:<n>`` (the newest n of a pipeline's dataset of that name stay),
+``pinned`` (never).
+
+Never deleted, whatever the policy: pinned data, data a queued or running run reads or
+writes (or that such a run produced), and the files behind a deployed model version. These
+checks sit inside the ``UPDATE`` that claims a dataset for deletion, so a pin or a run that
+committed first always wins, and two sweeps at once cannot both claim one dataset: the state
+moves ``pending-deletion -> deleting`` for exactly one of them. A sweep that dies after
+claiming leaves ``deleting`` with ``claimed_at``; after ``lease`` a later sweep takes it over
+(deleting files already gone is a no-op). A dataset read during its grace period goes back to
+``live``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import fsspec
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from weiflow.center.db import changed
+from weiflow.center.models import (
+    AuditEntry,
+    Dataset,
+    DatasetRead,
+    DatasetState,
+    ModelVersion,
+    NodeRun,
+    Run,
+    RunUse,
+    State,
+)
+from weiflow.errors import ConfigError
+
+__all__ = [
+    "Orphan",
+    "Policy",
+    "SweepReport",
+    "delete_uri",
+    "find_orphans",
+    "parse_policy",
+    "protected_clause",
+    "sweep",
+]
+
+log = logging.getLogger("weiflow.center.retention")
+
+_POLICY = re.compile(r"(ttl|idle|keep-last):([1-9][0-9]{0,5})\Z|(consumed|pinned)\Z")
+ACTIVE_RUN_STATES = (State.QUEUED, State.RUNNING)
+
+
+@dataclass(frozen=True)
+class Policy:
+    kind: str  # ttl | idle | consumed | keep-last | pinned
+    n: int = 0
+
+
+def parse_policy(text: str) -> Policy:
+    match = _POLICY.match(text.strip())
+    if not match:
+        raise ConfigError(f"retention '{text}': use ttl:<days>, idle:<days>, consumed, keep-last:<n> or pinned")
+    if match.group(3):
+        return Policy(match.group(3))
+    return Policy(match.group(1), int(match.group(2)))
+
+
+def protected_clause() -> ColumnElement[bool]:
+    """True for a dataset row that must never be deleted now (evaluated by the database, atomically)."""
+    active = Run.state.in_(ACTIVE_RUN_STATES)
+    return or_(
+        Dataset.pinned.is_(True),
+        Dataset.external.is_(True),
+        exists().where(RunUse.uri == Dataset.uri, RunUse.run_pk == Run.id, active),
+        exists().where(DatasetRead.dataset_id == Dataset.id, DatasetRead.run_pk == Run.id, active),
+        exists().where(Run.id == Dataset.producer_run_pk, active),
+        exists().where(
+            ModelVersion.deployed.is_(True),
+            or_(
+                ModelVersion.dataset_id == Dataset.id,
+                ModelVersion.uri == Dataset.uri,
+                # The model's files inside the dataset directory (substr, not LIKE: URIs may hold % and _).
+                func.substr(ModelVersion.uri, 1, func.length(Dataset.uri) + 1) == Dataset.uri + "/",
+            ),
+        ),
+    )
+
+
+@dataclass
+class SweepReport:
+    dry_run: bool
+    marked: list[dict[str, Any]] = field(default_factory=list)  # id, uri, reason
+    kept: list[dict[str, Any]] = field(default_factory=list)  # candidates a never-delete rule protects
+    unmarked: list[dict[str, Any]] = field(default_factory=list)  # read during the grace period
+    deleted: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    would_delete: list[dict[str, Any]] = field(default_factory=list)  # dry run: past grace or confirmed
+
+    def summary(self) -> str:
+        return (
+            f"{'dry run: ' if self.dry_run else ''}{len(self.marked)} marked, {len(self.unmarked)} kept (read during "
+            f"grace), {len(self.kept)} protected, {len(self.deleted)} deleted, {len(self.failed)} failed"
+            + (f", {len(self.would_delete)} would be deleted" if self.dry_run else "")
+        )
+
+
+Deleter = Callable[[str], None]
+
+
+def delete_uri(uri: str) -> None:
+    """Remove a dataset's files through fsspec: exactly the URI's path, never its parent."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    path = str(path).rstrip("/")
+    if path.count("/") < 2 and not path.startswith(("s3", "gs", "hdfs")):
+        # A dataset at '/' or '/data' is a configuration mistake; deleting it would take the storage with it.
+        raise ValueError(f"refusing to delete {uri}: too close to the file-system root")
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _days(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 86400:.1f} days"
+
+
+def _candidates(session: Session, now: datetime) -> dict[int, str]:
+    """Live datasets a policy says may go, with the reason a person reads in the console."""
+    rows = session.execute(
+        select(
+            Dataset.id,
+            Dataset.retention,
+            Dataset.created_at,
+            Dataset.last_access,
+            Dataset.pipeline_id,
+            Dataset.name,
+            Dataset.producer_run_pk,
+            Dataset.consumers_expected,
+        ).where(
+            Dataset.state == DatasetState.LIVE,
+            Dataset.retention.is_not(None),
+            Dataset.pinned.is_(False),
+            Dataset.external.is_(False),
+            or_(Dataset.held_until.is_(None), Dataset.held_until < now),
+        )
+    ).all()
+    reasons: dict[int, str] = {}
+    groups: dict[tuple[int | None, str, int], list[tuple[datetime, int]]] = defaultdict(list)
+    consumed: list[tuple[int, int, list[str]]] = []
+    for row in rows:
+        try:
+            policy = parse_policy(row.retention or "")
+        except ConfigError:
+            log.warning("dataset %s: unknown retention %r, kept", row.id, row.retention)
+            continue
+        if policy.kind == "ttl" and row.created_at < now - timedelta(days=policy.n):
+            reasons[row.id] = f"ttl:{policy.n}: written {_days(now - row.created_at)} ago"
+        elif policy.kind == "idle":
+            last = row.last_access or row.created_at
+            if last < now - timedelta(days=policy.n):
+                reasons[row.id] = f"idle:{policy.n}: last read {_days(now - last)} ago"
+        elif policy.kind == "keep-last":
+            groups[(row.pipeline_id, row.name, policy.n)].append((row.created_at, row.id))
+        elif policy.kind == "consumed" and row.producer_run_pk is not None and row.consumers_expected:
+            consumed.append((row.id, row.producer_run_pk, list(row.consumers_expected)))
+    for (_, name, n), members in groups.items():
+        # Only live copies are members, so the n newest live ones always stay.
+        for rank, (_, dataset_id) in enumerate(sorted(members, reverse=True)):
+            if rank >= n:
+                reasons[dataset_id] = f"keep-last:{n}: {rank + 1}th newest '{name}'"
+    if consumed:
+        run_pks = {run_pk for _, run_pk, _ in consumed}
+        succeeded: dict[int, set[str]] = defaultdict(set)
+        for run_pk, node in session.execute(
+            select(NodeRun.run_pk, NodeRun.node).where(NodeRun.run_pk.in_(run_pks), NodeRun.state == State.SUCCEEDED)
+        ):
+            succeeded[run_pk].add(node)
+        for dataset_id, run_pk, consumers in consumed:
+            if set(consumers) <= succeeded[run_pk]:
+                reasons[dataset_id] = f"consumed: every consumer ({', '.join(sorted(consumers))}) succeeded"
+    return reasons
+
+
+def _audit(session: Session, actor: str, action: str, dataset_id: int, uri: str, **detail: Any) -> None:
+    session.add(
+        AuditEntry(
+            actor=actor, action=action, target_type="dataset", target_id=str(dataset_id), detail={"uri": uri, **detail}
+        )
+    )
+
+
+def sweep(
+    sessions: sessionmaker[Session],
+    *,
+    now: datetime | None = None,
+    grace: timedelta = timedelta(days=3),
+    lease: timedelta = timedelta(minutes=30),
+    dry_run: bool = False,
+    deleter: Deleter = delete_uri,
+    actor: str = "system:sweep",
+) -> SweepReport:
+    """One retention sweep: unmark what was read during its grace period, mark new candidates,
+    delete what is confirmed or past its grace period. ``dry_run`` changes nothing and says why."""
+    now = now or datetime.now(UTC)
+    report = SweepReport(dry_run)
+    read_in_grace = and_(
+        Dataset.state == DatasetState.PENDING_DELETION,
+        Dataset.last_access.is_not(None),
+        Dataset.last_access > Dataset.marked_at,
+    )
+    with sessions() as session:
+        # 1. A dataset someone read after it was marked is evidently still wanted.
+        for dataset_id, uri in session.execute(select(Dataset.id, Dataset.uri).where(read_in_grace)).all():
+            report.unmarked.append({"id": dataset_id, "uri": uri, "reason": "read during the grace period"})
+            if not dry_run:
+                done = session.execute(
+                    update(Dataset)
+                    .where(Dataset.id == dataset_id, read_in_grace)
+                    .values(
+                        state=DatasetState.LIVE,
+                        reason="kept: read during the grace period",
+                        marked_at=None,
+                        delete_after=None,
+                        confirmed_by=None,
+                        held_until=now + grace,
+                    )
+                )
+                if changed(done):
+                    _audit(session, actor, "retention.unmark", dataset_id, uri, reason="read during grace")
+        if not dry_run:
+            session.commit()
+
+        # 2. Mark new candidates, unless a never-delete rule protects them now.
+        reasons = _candidates(session, now)
+        protected: set[int] = set()
+        ids = sorted(reasons)
+        for chunk in _chunks(ids, 500):
+            protected.update(session.scalars(select(Dataset.id).where(Dataset.id.in_(chunk), protected_clause())))
+        uris = dict(session.execute(select(Dataset.id, Dataset.uri).where(Dataset.id.in_(ids))).all()) if ids else {}
+        for dataset_id in ids:
+            entry: dict[str, Any] = {"id": dataset_id, "uri": uris.get(dataset_id), "reason": reasons[dataset_id]}
+            if dataset_id in protected:
+                report.kept.append(
+                    {**entry, "reason": entry["reason"] + " — but protected (pinned, in use or deployed)"}
+                )
+                continue
+            if dry_run:
+                report.marked.append(entry)
+                continue
+            done = session.execute(
+                update(Dataset)
+                .where(Dataset.id == dataset_id, Dataset.state == DatasetState.LIVE, Dataset.pinned.is_(False))
+                .values(
+                    state=DatasetState.PENDING_DELETION,
+                    reason=reasons[dataset_id],
+                    marked_at=now,
+                    delete_after=now + grace,
+                    confirmed_by=None,
+                )
+            )
+            if changed(done):  # 0 when a concurrent sweep marked it first
+                report.marked.append(entry)
+                _audit(session, actor, "retention.mark", dataset_id, str(entry["uri"]), reason=reasons[dataset_id])
+        if not dry_run:
+            session.commit()
+
+        # 3. Delete: confirmed by an owner, or past the grace period; or abandoned by a crashed sweep.
+        due = or_(
+            and_(
+                Dataset.state == DatasetState.PENDING_DELETION,
+                or_(Dataset.confirmed_by.is_not(None), Dataset.delete_after <= now),
+                or_(Dataset.last_access.is_(None), Dataset.last_access <= Dataset.marked_at),
+            ),
+            and_(Dataset.state == DatasetState.DELETING, Dataset.claimed_at < now - lease),
+        )
+        rows = session.execute(select(Dataset.id, Dataset.uri, Dataset.reason).where(due).order_by(Dataset.id)).all()
+        for dataset_id, uri, reason in rows:
+            entry = {"id": dataset_id, "uri": uri, "reason": reason}  # same shape as above
+            if dry_run:
+                blocked = session.scalar(select(Dataset.id).where(Dataset.id == dataset_id, protected_clause()))
+                (report.kept if blocked else report.would_delete).append(entry)
+                continue
+            claim = session.execute(
+                update(Dataset)
+                .where(Dataset.id == dataset_id, due, ~protected_clause())
+                .values(state=DatasetState.DELETING, claimed_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()  # the claim is visible to every other sweep before any file goes
+            if not changed(claim):
+                continue  # another sweep has it, or a run / pin / deployment protects it now
+            try:
+                deleter(uri)
+            except Exception as exc:
+                log.warning("retention: cannot delete %s: %s", uri, exc)
+                session.execute(
+                    update(Dataset)
+                    .where(Dataset.id == dataset_id, Dataset.state == DatasetState.DELETING)
+                    .values(state=DatasetState.PENDING_DELETION, reason=f"{reason}; delete failed: {exc}")
+                )
+                _audit(session, actor, "retention.delete-failed", dataset_id, uri, error=str(exc))
+                session.commit()
+                report.failed.append({**entry, "error": str(exc)})
+                continue
+            session.execute(
+                update(Dataset)
+                .where(Dataset.id == dataset_id, Dataset.state == DatasetState.DELETING)
+                .values(state=DatasetState.DELETED, deleted_at=now)
+            )
+            _audit(session, actor, "retention.delete", dataset_id, uri, reason=reason)
+            session.commit()
+            report.deleted.append(entry)
+    return report
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A directory under a storage root that no dataset claims, and how old its newest file is."""
+
+    path: str
+    files: int
+    size_bytes: int
+    newest: datetime
+
+
+def find_orphans(
+    session: Session, roots: list[str], *, older_than_days: float, now: datetime | None = None
+) -> list[Orphan]:
+    """Directories under ``roots`` holding files no dataset (live or pending) claims, untouched for the given days.
+
+    Deleted datasets' URIs do not claim their paths (their files should be gone). Staging
+    directories of writers in progress are young, so the age limit leaves them alone.
+    """
+    now = now or datetime.now(UTC)
+    claimed: list[str] = []
+    for (uri,) in session.execute(select(Dataset.uri).where(Dataset.state != DatasetState.DELETED)):
+        try:
+            claimed.append(str(fsspec.core.url_to_fs(uri)[1]).rstrip("/"))
+        except (ValueError, ImportError):
+            continue
+    claimed_set = set(claimed)
+
+    def is_claimed(path: str) -> bool:
+        # A file is claimed when it, or one of its ancestor directories, is a dataset's path.
+        while path:
+            if path in claimed_set:
+                return True
+            path = path.rpartition("/")[0]
+        return False
+
+    groups: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for root in roots:
+        fs, base = fsspec.core.url_to_fs(root)
+        if not fs.exists(base):
+            continue
+        for path, info in fs.find(base, detail=True).items():
+            if is_claimed(path):
+                continue
+            modified = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+            stamp = modified.timestamp() if isinstance(modified, datetime) else float(modified)
+            groups[path.rpartition("/")[0]].append((int(info.get("size") or 0), stamp))
+    limit = (now - timedelta(days=older_than_days)).timestamp()
+    orphans = [
+        Orphan(directory, len(files), sum(s for s, _ in files), datetime.fromtimestamp(max(t for _, t in files), UTC))
+        for directory, files in groups.items()
+        if max(t for _, t in files) < limit
+    ]
+    return sorted(orphans, key=lambda o: o.path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,13 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center.db import make_engine, make_sessionmaker, migrate
-from weiflow.center.models import Base
+from weiflow.center.ingest import ingest_events
+from weiflow.center.models import Base, Role
+from weiflow.center.repository import create_user
+from weiflow.config import load_settings
+from weiflow.dag import compile_file
+from weiflow.runtime import RunContext, run_pipeline
+from weiflow.tracking import Event, MemoryTracker
 
 PG_URL = os.environ.get("WEIFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -68,3 +75,31 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 @pytest.fixture
 def sessions(engine: Engine) -> sessionmaker[Session]:
     return make_sessionmaker(engine)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "xml_specs"
+PASSWORD = "correct horse battery staple"
+
+
+def activity_run_events(run_id: str = "r1") -> list[Event]:
+    """The events of a real local run of xml_specs/user_activity_report.xml (python engine, ~50 ms)."""
+    tracker = MemoryTracker()
+    dag = compile_file(EXAMPLES / "user_activity_report.xml")
+    run_pipeline(RunContext.create(dag, settings=load_settings(), tracker=tracker, run_id=run_id, ds=date(2026, 11, 2)))
+    return list(tracker.events)
+
+
+@pytest.fixture
+def activity_center(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """A center holding one real run of user_activity_report (owner 'growth') and console users with passwords:
+    root (admin), gina (owner, group growth), otto (owner, group ads), vera (viewer)."""
+    with sessions() as session:
+        ingest_events(session, activity_run_events())
+        for name, role, groups in (
+            ("root", Role.ADMIN, []),
+            ("gina", Role.OWNER, ["growth"]),
+            ("otto", Role.OWNER, ["ads"]),
+            ("vera", Role.VIEWER, []),
+        ):
+            create_user(session, name, role, password=PASSWORD, groups=groups)
+    return sessions

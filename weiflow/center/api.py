@@ -1,8 +1,9 @@
-"""The REST API (FastAPI; OpenAPI at ``/api/openapi.json``, docs at ``/api/docs``).
+"""The REST API (FastAPI; OpenAPI at ``/api/openapi.json``, docs at ``/api/docs``) and the web console.
 
 Every endpoint needs a bearer token (``Authorization: Bearer wf_...``): 401 without a valid
 one, 403 when the role may not do it. Viewers read; owners also ingest events and manage
-their own datasets; admins manage everything and read the audit log.
+their own datasets; admins manage everything and read the audit log. The console's pages (:mod:`weiflow.center.console`)
+share the app, the repository rules and the audit trail, with a login session instead of a token.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center import repository as repo
+from weiflow.center.console import add_console
 from weiflow.center.ingest import ingest_events, parse_events
 from weiflow.center.models import Role
 from weiflow.center.repository import ActionError, Principal
@@ -44,7 +46,7 @@ def _principal(db: Db, credentials: Annotated[HTTPAuthorizationCredentials | Non
 User = Annotated[Principal, Depends(_principal)]
 
 
-def create_app(sessions: sessionmaker[Session]) -> FastAPI:
+def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> FastAPI:
     app = FastAPI(
         title="WeiFlow control center",
         version="1",
@@ -161,4 +163,6 @@ def create_app(sessions: sessionmaker[Session]) -> FastAPI:
         items = repo.audit_entries(db, limit=limit, before=before)
         return {"items": items, "next": items[-1]["id"] if len(items) == limit else None}
 
+    if console:
+        add_console(app)
     return app

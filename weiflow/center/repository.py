@@ -38,8 +38,10 @@ from weiflow.center.models import (
 )
 
 __all__ = [
+    "MAX_PAGE",
     "ActionError",
     "Principal",
+    "audit_entries",
     "authenticate_password",
     "authenticate_token",
     "create_token",
@@ -50,6 +52,7 @@ __all__ = [
     "list_jobs",
     "list_models",
     "list_runs",
+    "revoke_token",
     "run_detail",
     "set_deletion",
     "set_pin",

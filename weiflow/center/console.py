@@ -1,0 +1,336 @@
+"""The web console: server-rendered pages (Jinja2) over the same repository functions as the API.
+
+No JavaScript, no build step, nothing fetched from the network: pages are HTML with inline
+CSS, and a run's DAG is inline SVG (:mod:`weiflow.center.dagsvg`). Login sets a session
+cookie (``HttpOnly``, ``SameSite=Strict``) holding a random token of kind ``session``, of which
+only a hash is stored, like API tokens. Every POST form carries a CSRF token derived from that
+secret (HMAC), so a page elsewhere cannot submit the forms even where the cookie would be sent;
+the login form uses the same scheme with a short-lived pre-login cookie. Owner actions go through
+:func:`weiflow.center.repository.set_deletion` and :func:`~weiflow.center.repository.set_pin`:
+the same permission checks, conditional updates and audit entries as the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from weiflow.center import repository as repo
+from weiflow.center.dagsvg import STATE_COLOURS, render_dag_svg
+from weiflow.center.models import ApiToken, DatasetState, State, utcnow
+from weiflow.center.repository import ActionError, Principal
+
+__all__ = ["SESSION_COOKIE", "SESSION_TTL", "add_console", "csrf_token"]
+
+SESSION_COOKIE = "wf_session"
+LOGIN_COOKIE = "wf_login"
+SESSION_TTL = timedelta(hours=12)
+PAGE = 50
+ACTIONS = {
+    "confirm-deletion": "deletion confirmed: the next sweep deletes the files and keeps a tombstone",
+    "reject-deletion": "deletion rejected: kept, and not marked again for 30 days",
+    "pin": "pinned: never deleted while pinned",
+    "unpin": "unpinned: its retention policy applies again",
+}
+# Inline styles only (no scripts at all): the policy forbids everything else, including framing by other sites.
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'self'; base-uri 'none'"
+)
+
+_templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
+
+
+def csrf_token(secret: str, purpose: str = "form") -> str:
+    """The CSRF token that goes with a session (or pre-login) cookie value."""
+    return hmac.new(secret.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def _size(value: int | None) -> str:
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"  # pragma: no cover - the loop always returns
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "—"
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return value
+
+
+_templates.env.filters["size"] = _size
+_templates.env.filters["when"] = _when
+
+
+class _LoginRequired(Exception):
+    pass
+
+
+def _base(request: Request) -> str:
+    """The prefix the console is mounted under ('' standalone, '/weiflow-center' inside Airflow)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _safe_next(value: str | None) -> str:
+    # Only a path on this site: never '//host' or 'https://host' (an open redirect after login).
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
+        return value
+    return "/runs"
+
+
+def _sessions(request: Request) -> sessionmaker[Session]:
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    return sessions
+
+
+def _user(request: Request, db: Session) -> Principal:
+    token = request.cookies.get(SESSION_COOKIE)
+    principal = repo.authenticate_token(db, token, kind="session") if token else None
+    if principal is None:
+        raise _LoginRequired
+    return principal
+
+
+def _page(
+    request: Request, name: str, context: dict[str, Any], *, user: Principal | None = None, status: int = 200
+) -> Response:
+    token = request.cookies.get(SESSION_COOKIE)
+    response = _templates.TemplateResponse(
+        request,
+        name,
+        {
+            "base": _base(request),
+            "user": user,
+            "csrf": csrf_token(token) if token and user else "",
+            "colours": STATE_COLOURS,
+            **context,
+        },
+        status_code=status,
+    )
+    return _harden(response)
+
+
+def _harden(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _redirect(request: Request, path: str) -> RedirectResponse:
+    return RedirectResponse(_base(request) + path, status_code=303)
+
+
+def _cookie_path(request: Request) -> str:
+    return _base(request) or "/"
+
+
+def _form_ok(form_value: Any, cookie: str | None, purpose: str = "form") -> bool:
+    if not cookie or not isinstance(form_value, str):
+        return False
+    return hmac.compare_digest(form_value, csrf_token(cookie, purpose))
+
+
+def add_console(app: FastAPI) -> None:
+    """Register the console's pages on ``app`` (which holds ``state.sessions``)."""
+    router = APIRouter(include_in_schema=False)
+
+    @app.exception_handler(_LoginRequired)
+    async def _to_login(request: Request, _exc: _LoginRequired) -> Response:
+        target = request.url.path[len(_base(request)) :] if request.url.path.startswith(_base(request)) else "/"
+        if request.url.query:
+            target += "?" + request.url.query
+        return _redirect(request, "/login?" + urlencode({"next": target}))
+
+    @router.get("/")
+    def home(request: Request) -> Response:
+        return _redirect(request, "/runs")
+
+    @router.get("/login")
+    def login_form(request: Request, next: str | None = None, error: str | None = None) -> Response:
+        secret = secrets.token_urlsafe(24)
+        response = _page(
+            request,
+            "login.html",
+            {"next": _safe_next(next), "login_csrf": csrf_token(secret, "login"), "error": error},
+            status=401 if error else 200,
+        )
+        response.set_cookie(
+            LOGIN_COOKIE,
+            secret,
+            max_age=900,
+            path=_cookie_path(request),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @router.post("/login")
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        target = _safe_next(str(form.get("next") or ""))
+        if not _form_ok(form.get("csrf"), request.cookies.get(LOGIN_COOKIE), "login"):
+            return login_form(request, target, "The login form expired; please try again.")
+        username, password = str(form.get("username") or ""), str(form.get("password") or "")
+        with _sessions(request)() as db:
+            principal = repo.authenticate_password(db, username, password)
+            if principal is None:
+                return login_form(request, target, "Unknown user or wrong password.")
+            # Expired console sessions are dead rows: clear them here rather than in a separate job.
+            db.execute(delete(ApiToken).where(ApiToken.kind == "session", ApiToken.expires_at < utcnow()))
+            token = repo.create_token(db, principal.username, name="console", kind="session", ttl=SESSION_TTL)
+        response = _redirect(request, target)
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            max_age=int(SESSION_TTL.total_seconds()),
+            path=_cookie_path(request),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        response.delete_cookie(LOGIN_COOKIE, path=_cookie_path(request))
+        return response
+
+    @router.post("/logout")
+    async def logout(request: Request) -> Response:
+        form = await request.form()
+        token = request.cookies.get(SESSION_COOKIE)
+        if token and _form_ok(form.get("csrf"), token):
+            with _sessions(request)() as db:
+                repo.revoke_token(db, token)
+        response = _redirect(request, "/login")
+        response.delete_cookie(SESSION_COOKIE, path=_cookie_path(request))
+        return response
+
+    @router.get("/jobs")
+    def jobs(request: Request) -> Response:
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            items = repo.list_jobs(db)
+        return _page(request, "jobs.html", {"jobs": items}, user=user)
+
+    @router.get("/runs")
+    def runs(
+        request: Request, pipeline: str | None = None, state: str | None = None, before: int | None = None
+    ) -> Response:
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            items = repo.list_runs(db, pipeline=pipeline or None, state=state or None, limit=PAGE, before=before)
+        filters = {k: v for k, v in (("pipeline", pipeline), ("state", state)) if v}
+        more = urlencode({**filters, "before": items[-1]["id"]}) if len(items) == PAGE else None
+        context = {"runs": items, "filters": filters, "more": more, "states": [s.value for s in State]}
+        return _page(request, "runs.html", context, user=user)
+
+    @router.get("/runs/{run_pk}")
+    def run(request: Request, run_pk: int) -> Response:
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            detail = repo.run_detail(db, run_pk)
+        if detail is None:
+            return _page(request, "error.html", {"message": f"No run {run_pk}."}, user=user, status=404)
+        return _page(request, "run.html", {"run": detail, "svg": render_dag_svg(detail["nodes"])}, user=user)
+
+    @router.get("/datasets")
+    def datasets(
+        request: Request,
+        state: str | None = None,
+        owner: str | None = None,
+        name: str | None = None,
+        before: int | None = None,
+    ) -> Response:
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            items = repo.list_datasets(
+                db, state=state or None, owner=owner or None, name=name or None, limit=PAGE, before=before
+            )
+        filters = {k: v for k, v in (("state", state), ("owner", owner), ("name", name)) if v}
+        more = urlencode({**filters, "before": items[-1]["id"]}) if len(items) == PAGE else None
+        context = {
+            "datasets": items,
+            "filters": filters,
+            "more": more,
+            "states": [s.value for s in DatasetState],
+        }
+        return _page(request, "datasets.html", context, user=user)
+
+    def dataset_page(
+        request: Request, db: Session, user: Principal, dataset_id: int, *, message: str | None, error: str | None
+    ) -> Response:
+        detail = repo.dataset_detail(db, dataset_id)
+        if detail is None:
+            return _page(request, "error.html", {"message": f"No dataset {dataset_id}."}, user=user, status=404)
+        context = {
+            "d": detail,
+            "may_manage": user.may_manage(detail["owner"]),
+            "message": message,
+            "error": error,
+        }
+        return _page(request, "dataset.html", context, user=user, status=409 if error else 200)
+
+    @router.get("/datasets/{dataset_id}")
+    def dataset(request: Request, dataset_id: int, done: str | None = None) -> Response:
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            return dataset_page(request, db, user, dataset_id, message=ACTIONS.get(done or ""), error=None)
+
+    @router.post("/datasets/{dataset_id}/{action}")
+    async def dataset_action(request: Request, dataset_id: int, action: str) -> Response:
+        form = await request.form()
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            if not _form_ok(form.get("csrf"), request.cookies.get(SESSION_COOKIE)):
+                return _page(
+                    request,
+                    "error.html",
+                    {"message": "The form's security token is missing or stale; reload the page and try again."},
+                    user=user,
+                    status=403,
+                )
+            try:
+                if action == "confirm-deletion":
+                    repo.set_deletion(db, user, dataset_id, confirm=True)
+                elif action == "reject-deletion":
+                    repo.set_deletion(db, user, dataset_id, confirm=False)
+                elif action in ("pin", "unpin"):
+                    repo.set_pin(db, user, dataset_id, pinned=action == "pin")
+                else:
+                    return _page(request, "error.html", {"message": f"No action '{action}'."}, user=user, status=404)
+            except ActionError as exc:
+                if exc.status == 404:
+                    return _page(request, "error.html", {"message": str(exc)}, user=user, status=404)
+                page = dataset_page(request, db, user, dataset_id, message=None, error=str(exc))
+                page.status_code = exc.status
+                return page
+        # Post/redirect/get: reloading the result page does not repeat the action.
+        return _redirect(request, f"/datasets/{dataset_id}?" + urlencode({"done": action}))
+
+    @router.get("/models")
+    def models(request: Request) -> Response:
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            items = repo.list_models(db)
+        return _page(request, "models.html", {"models": items}, user=user)
+
+    app.include_router(router)

@@ -1,0 +1,76 @@
+"""A real Airflow (API server, scheduler, DAG processor) started by the tests: trigger, watch, cancel."""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import quote
+
+import pytest
+
+from tests.airflow.conftest import Live
+from tests.airflow.test_operator import alive
+from weiflow.tracking import read_events, run_log_path
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_specs_are_dags_pools_assets_and_import_errors(live_airflow: Live) -> None:
+    api = live_airflow.api
+    dag = api.get("/api/v2/dags/user_activity_report/details")
+    assert dag["owners"] == ["growth"] and dag["catchup"] is False and {t["name"] for t in dag["tags"]} == {"weiflow"}
+    assert set(dag["params"]) == {"day", "users", "min_events"}
+    tasks = api.get("/api/v2/dags/user_activity_report/tasks")["tasks"]
+    assert {t["task_id"]: sorted(t["downstream_task_ids"]) for t in tasks} == {
+        "ingest": ["stats"],
+        "stats": ["report"],
+        "report": [],
+    }
+    assert {t["pool"] for t in tasks} == {"weiflow_low"}
+    source = api.get("/api/v2/dagSources/user_activity_report")["content"]
+    assert '# <pipeline xmlns="urn:weiflow:pipeline:1" name="user_activity_report"' in source  # the Code tab
+    pools = {p["name"]: p["slots"] for p in api.get("/api/v2/pools")["pools"]}
+    assert {"weiflow_high", "weiflow_medium", "weiflow_low"} <= set(pools)
+    assets = {a["name"] for a in api.get("/api/v2/assets?limit=100")["assets"]}
+    assert "${storage}/user_activity/events/${day}" in assets  # lineage: the datasets are Assets
+    errors = api.wait_for(
+        "the broken spec's import error",
+        lambda: [e for e in api.get("/api/v2/importErrors")["import_errors"] if e["filename"] == "broken.py"],
+    )
+    assert "broken.xml:27:74: error: module 'load': unknown dataset 'event'" in errors[0]["stack_trace"]
+
+
+def test_trigger_with_params_through_the_rest_api(live_airflow: Live) -> None:
+    api = live_airflow.api
+    api.call("PATCH", "/api/v2/dags/user_activity_report", {"is_paused": False})
+    run = api.call(
+        "POST",
+        "/api/v2/dags/user_activity_report/dagRuns",
+        # A logical date of its own keeps this run's ${ds} datasets apart from the scheduled run
+        # that unpausing starts.
+        {"logical_date": "2026-11-10T00:00:00Z", "conf": {"users": 25, "min_events": 1}},
+    )
+    assert api.wait_run("user_activity_report", run["dag_run_id"]) == "success"
+    events = read_events(run_log_path(live_airflow.var_dir / "runs", "user_activity_report", run["dag_run_id"]))
+    assert [e.node for e in events if e.kind == "node.succeeded"] == ["ingest", "stats", "report"]
+    day_dir = live_airflow.var_dir / "storage" / "user_activity" / "events" / "2026-11-10"
+    uids = {json.loads(line)["uid"] for part in day_dir.glob("part-*") for line in part.read_text().splitlines()}
+    assert uids and max(int(uid[1:]) for uid in uids) < 25  # the run's users=25, not the default 200
+
+
+def test_marking_a_running_task_failed_stops_its_node(live_airflow: Live) -> None:
+    api = live_airflow.api
+    api.call("PATCH", "/api/v2/dags/slow_node", {"is_paused": False})
+    run = api.call("POST", "/api/v2/dags/slow_node/dagRuns", {"logical_date": None})
+    run_id = run["dag_run_id"]
+    pids = api.wait_for("the node to start", lambda: live_airflow.pids.exists() and live_airflow.pids.read_text())
+    node_pid, child_pid = map(int, pids.split())
+    assert alive(node_pid) and alive(child_pid)
+    task = f"/api/v2/dags/slow_node/dagRuns/{quote(run_id, safe='')}/taskInstances/wait"
+    api.call("PATCH", task, {"new_state": "failed"})  # what "Mark as failed" in the UI does
+    marked = time.monotonic()
+    api.wait_for("the node's processes to end", lambda: not alive(node_pid) and not alive(child_pid), 60, 0.2)
+    assert time.monotonic() - marked < 30
+    assert api.get(task)["state"] == "failed"
+    events = read_events(run_log_path(live_airflow.var_dir / "runs", "slow_node", run_id))
+    assert [(e.kind, e.error) for e in events if e.kind == "node.failed"] == [("node.failed", "cancelled")]

@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import fsspec
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center.db import changed
@@ -58,6 +58,8 @@ log = logging.getLogger("weiflow.center.retention")
 
 _POLICY = re.compile(r"(ttl|idle|keep-last):([1-9][0-9]{0,5})\Z|(consumed|pinned)\Z")
 ACTIVE_RUN_STATES = (State.QUEUED, State.RUNNING)
+_CHUNK = 500  # rows per statement: well under SQLite's bound-parameter limit
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,25 @@ def _candidates(session: Session, now: datetime) -> dict[int, str]:
     return reasons
 
 
+def _audit_many(session: Session, actor: str, action: str, entries: list[dict[str, Any]]) -> None:
+    """One audit row per entry (id, uri, reason or error), inserted in one batch."""
+    if not entries:
+        return
+    session.execute(
+        insert(AuditEntry),
+        [
+            {
+                "actor": actor,
+                "action": action,
+                "target_type": "dataset",
+                "target_id": str(e["id"]),
+                "detail": {k: v for k, v in e.items() if k != "id"},
+            }
+            for e in entries
+        ],
+    )
+
+
 def _audit(session: Session, actor: str, action: str, dataset_id: int, uri: str, **detail: Any) -> None:
     session.add(
         AuditEntry(
@@ -238,38 +259,40 @@ def sweep(
         if not dry_run:
             session.commit()
 
-        # 2. Mark new candidates, unless a never-delete rule protects them now.
+        # 2. Mark new candidates, unless a never-delete rule protects them now. In chunks: one
+        # conditional UPDATE per chunk says which rows this sweep moved (a concurrent sweep's
+        # rows are no longer live), then their reasons and audit entries go in one batch each.
         reasons = _candidates(session, now)
-        protected: set[int] = set()
         ids = sorted(reasons)
-        for chunk in _chunks(ids, 500):
-            protected.update(session.scalars(select(Dataset.id).where(Dataset.id.in_(chunk), protected_clause())))
-        uris = dict(session.execute(select(Dataset.id, Dataset.uri).where(Dataset.id.in_(ids))).all()) if ids else {}
-        for dataset_id in ids:
-            entry: dict[str, Any] = {"id": dataset_id, "uri": uris.get(dataset_id), "reason": reasons[dataset_id]}
-            if dataset_id in protected:
-                report.kept.append(
-                    {**entry, "reason": entry["reason"] + " — but protected (pinned, in use or deployed)"}
-                )
-                continue
+        for chunk in _chunks(ids, _CHUNK):
+            protected = set(session.scalars(select(Dataset.id).where(Dataset.id.in_(chunk), protected_clause())))
+            uris = dict(session.execute(select(Dataset.id, Dataset.uri).where(Dataset.id.in_(chunk))).all())
+            for dataset_id in protected:
+                reason = reasons[dataset_id] + " — but protected (pinned, in use or deployed)"
+                report.kept.append({"id": dataset_id, "uri": uris.get(dataset_id), "reason": reason})
+            wanted = [i for i in chunk if i not in protected]
             if dry_run:
-                report.marked.append(entry)
+                report.marked.extend({"id": i, "uri": uris.get(i), "reason": reasons[i]} for i in wanted)
                 continue
-            done = session.execute(
+            if not wanted:
+                continue
+            moved = session.scalars(
                 update(Dataset)
-                .where(Dataset.id == dataset_id, Dataset.state == DatasetState.LIVE, Dataset.pinned.is_(False))
-                .values(
-                    state=DatasetState.PENDING_DELETION,
-                    reason=reasons[dataset_id],
-                    marked_at=now,
-                    delete_after=now + grace,
-                    confirmed_by=None,
-                )
+                .where(Dataset.id.in_(wanted), Dataset.state == DatasetState.LIVE, Dataset.pinned.is_(False))
+                .values(state=DatasetState.PENDING_DELETION, marked_at=now, delete_after=now + grace, confirmed_by=None)
+                .returning(Dataset.id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            if not moved:
+                continue
+            table = cast(Table, Dataset.__table__)
+            session.execute(
+                update(table).where(table.c.id == bindparam("row_id")).values(reason=bindparam("row_reason")),
+                [{"row_id": i, "row_reason": reasons[i]} for i in moved],
             )
-            if changed(done):  # 0 when a concurrent sweep marked it first
-                report.marked.append(entry)
-                _audit(session, actor, "retention.mark", dataset_id, str(entry["uri"]), reason=reasons[dataset_id])
-        if not dry_run:
+            entries = [{"id": i, "uri": uris.get(i), "reason": reasons[i]} for i in sorted(moved)]
+            report.marked.extend(entries)
+            _audit_many(session, actor, "retention.mark", entries)
             session.commit()
 
         # 3. Delete: confirmed by an owner, or past the grace period; or abandoned by a crashed sweep.
@@ -282,46 +305,59 @@ def sweep(
             and_(Dataset.state == DatasetState.DELETING, Dataset.claimed_at < now - lease),
         )
         rows = session.execute(select(Dataset.id, Dataset.uri, Dataset.reason).where(due).order_by(Dataset.id)).all()
-        for dataset_id, uri, reason in rows:
-            entry = {"id": dataset_id, "uri": uri, "reason": reason}  # same shape as above
-            if dry_run:
-                blocked = session.scalar(select(Dataset.id).where(Dataset.id == dataset_id, protected_clause()))
-                (report.kept if blocked else report.would_delete).append(entry)
-                continue
-            claim = session.execute(
+        if dry_run:
+            blocked = set(session.scalars(select(Dataset.id).where(due, protected_clause())))
+            for row in rows:
+                entry = {"id": row.id, "uri": row.uri, "reason": row.reason}
+                (report.kept if row.id in blocked else report.would_delete).append(entry)
+            return report
+        for chunk_rows in _chunks(rows, _CHUNK):
+            by_id: dict[int, tuple[str, str | None]] = {i: (uri, reason) for i, uri, reason in chunk_rows}
+            claimed = session.scalars(
                 update(Dataset)
-                .where(Dataset.id == dataset_id, due, ~protected_clause())
+                .where(Dataset.id.in_(list(by_id)), due, ~protected_clause())
                 .values(state=DatasetState.DELETING, claimed_at=now)
+                .returning(Dataset.id)
                 .execution_options(synchronize_session=False)
-            )
-            session.commit()  # the claim is visible to every other sweep before any file goes
-            if not changed(claim):
-                continue  # another sweep has it, or a run / pin / deployment protects it now
-            try:
-                deleter(uri)
-            except Exception as exc:
-                log.warning("retention: cannot delete %s: %s", uri, exc)
+            ).all()
+            session.commit()  # the claims are visible to every other sweep before any file goes
+            # Rows not claimed: another sweep has them, or a run / pin / deployment protects them now.
+            deleted: list[dict[str, Any]] = []
+            failed: list[dict[str, Any]] = []
+            for dataset_id in sorted(claimed):
+                target, why = by_id[dataset_id]
+                try:
+                    deleter(target)
+                except Exception as exc:
+                    log.warning("retention: cannot delete %s: %s", target, exc)
+                    failed.append({"id": dataset_id, "uri": target, "reason": why, "error": str(exc)})
+                else:
+                    deleted.append({"id": dataset_id, "uri": target, "reason": why})
+            if deleted:
                 session.execute(
                     update(Dataset)
-                    .where(Dataset.id == dataset_id, Dataset.state == DatasetState.DELETING)
-                    .values(state=DatasetState.PENDING_DELETION, reason=f"{reason}; delete failed: {exc}")
+                    .where(Dataset.id.in_([e["id"] for e in deleted]), Dataset.state == DatasetState.DELETING)
+                    .values(state=DatasetState.DELETED, deleted_at=now)
+                    .execution_options(synchronize_session=False)
                 )
-                _audit(session, actor, "retention.delete-failed", dataset_id, uri, error=str(exc))
-                session.commit()
-                report.failed.append({**entry, "error": str(exc)})
-                continue
-            session.execute(
-                update(Dataset)
-                .where(Dataset.id == dataset_id, Dataset.state == DatasetState.DELETING)
-                .values(state=DatasetState.DELETED, deleted_at=now)
-            )
-            _audit(session, actor, "retention.delete", dataset_id, uri, reason=reason)
+                _audit_many(session, actor, "retention.delete", deleted)
+            for entry in failed:
+                session.execute(
+                    update(Dataset)
+                    .where(Dataset.id == entry["id"], Dataset.state == DatasetState.DELETING)
+                    .values(
+                        state=DatasetState.PENDING_DELETION,
+                        reason=f"{entry['reason']}; delete failed: {entry['error']}",
+                    )
+                )
+            _audit_many(session, actor, "retention.delete-failed", failed)
             session.commit()
-            report.deleted.append(entry)
+            report.deleted.extend(deleted)
+            report.failed.extend(failed)
     return report
 
 
-def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -27,8 +27,6 @@ from weiflow.center.retention import sweep
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 LATER = datetime.now(UTC) + timedelta(days=8)
 
 
@@ -68,33 +66,6 @@ def center(tmp_path: Path) -> Iterator[tuple[str, sessionmaker[Session]]]:
     server.should_exit = True
     thread.join(10)
     engine.dispose()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} missing: apt-get install -y chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(20)
-    driver.implicitly_wait(10)  # a click that submits a form returns before the next page is there
-    yield driver
-    driver.quit()
 
 
 def test_log_in_open_a_run_confirm_a_deletion_see_the_tombstone(

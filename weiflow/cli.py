@@ -276,6 +276,12 @@ def _cmd_modules(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_retention(args: argparse.Namespace, settings: Settings) -> int:
+    if args.retention_args[:1] != ["sweep"]:
+        raise ConfigError("weiflow retention: the one subcommand is 'sweep' (weiflow retention sweep --help)")
+    return _cmd_center(argparse.Namespace(center_args=args.retention_args), settings)
+
+
 def _cmd_center(args: argparse.Namespace, settings: Settings) -> int:
     if args.center_args[:1] == ["push"]:
         # Needs only the spool, so it works where the center's dependencies are not installed.
@@ -339,6 +345,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("modules", help="list engines, module types and their attributes")
     p.add_argument("engine", nargs="?")
     p.set_defaults(handler=_cmd_modules)
+
+    p = sub.add_parser(
+        "retention",
+        help="retention sweep: the control center's 'sweep' (see 'weiflow retention sweep --help')",
+        description="'weiflow retention sweep [--dry-run] [--grace-days N] [--json]' is 'weiflow center sweep'.",
+    )
+    p.add_argument("retention_args", nargs=argparse.REMAINDER, metavar="sweep ...")
+    p.set_defaults(handler=_cmd_retention)
 
     p = sub.add_parser(
         "center",

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from weiflow.center.ingest import ingest_events
 from weiflow.center.models import Dataset, Role
 from weiflow.center.repository import Principal, set_deletion, set_pin
-from weiflow.center.retention import delete_uri, find_orphans, parse_policy, sweep
+from weiflow.center.retention import PeriodicSweeper, delete_uri, find_orphans, parse_policy, sweep
 from weiflow.errors import ConfigError
 from weiflow.tracking import DatasetInfo, Event, EventKind
 
@@ -294,3 +299,34 @@ def test_orphans_are_unclaimed_old_directories(world: World, tmp_path: Path) -> 
         assert find_orphans(session, [f"file://{world.root}"], older_than_days=1, now=now) == []
         orphans = find_orphans(session, [f"file://{world.root}"], older_than_days=1, now=now + timedelta(days=2))
     assert [(o.path, o.files, o.size_bytes) for o in orphans] == [(str(stray), 1, 4)]
+
+
+def test_the_scheduled_sweeper_sweeps_until_stopped(world: World) -> None:
+    uri = world.write("a", "ttl:1")
+    sweeper = PeriodicSweeper(
+        world.sessions, timedelta(seconds=0.05), grace=timedelta(0), clock=lambda: T0 + timedelta(days=3)
+    )
+    sweeper.start()
+    try:
+        deadline = time.monotonic() + 10
+        while world.state(uri)[0] != "deleted":
+            assert time.monotonic() < deadline, "the scheduled sweep never deleted the expired dataset"
+            time.sleep(0.02)
+    finally:
+        sweeper.stop()
+    assert not exists(uri) and sweeper.sweeps >= 1
+    done = sweeper.sweeps
+    time.sleep(0.2)
+    assert sweeper.sweeps == done  # stopped means stopped
+
+
+def test_weiflow_retention_sweep_is_the_centers_sweep(tmp_path: Path) -> None:
+    env = {**os.environ, "WEIFLOW_VAR_DIR": str(tmp_path / "var"), "WEIFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/c.db"}
+    weiflow = [sys.executable, "-m", "weiflow"]
+    dry = subprocess.run(
+        [*weiflow, "retention", "sweep", "--dry-run", "--json"], env=env, capture_output=True, text=True
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["dry_run"] is True and (tmp_path / "c.db").is_file()
+    wrong = subprocess.run([*weiflow, "retention", "purge"], env=env, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "the one subcommand is 'sweep'" in wrong.stderr

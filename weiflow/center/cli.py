@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from weiflow.center.db import make_engine, make_sessionmaker, migrate
 from weiflow.center.models import Role
 from weiflow.center.repository import ActionError, create_token, create_user
-from weiflow.center.retention import find_orphans, sweep
+from weiflow.center.retention import PeriodicSweeper, find_orphans, sweep
 from weiflow.config import Settings
 
 __all__ = ["main"]
@@ -26,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the REST API on 127.0.0.1 (migrates first)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--sweep-every",
+        type=float,
+        default=60.0,
+        metavar="MINUTES",
+        help="run a retention sweep this often while serving (0: never; then schedule 'weiflow retention sweep')",
+    )
+    p.add_argument("--grace-days", type=float, default=3.0, help="grace period of the scheduled sweeps")
     sub.add_parser("migrate", help="create or upgrade the database schema")
     p = sub.add_parser("sweep", help="one retention sweep: mark, then delete what is confirmed or past grace")
     p.add_argument(
@@ -58,7 +66,17 @@ def main(argv: Sequence[str], settings: Settings) -> int:
 
         from weiflow.center.api import create_app
 
-        uvicorn.run(create_app(sessions), host=args.host, port=args.port, log_level="info")
+        sweeper = None
+        if args.sweep_every > 0:
+            sweeper = PeriodicSweeper(
+                sessions, timedelta(minutes=args.sweep_every), grace=timedelta(days=args.grace_days)
+            )
+            sweeper.start()
+        try:
+            uvicorn.run(create_app(sessions), host=args.host, port=args.port, log_level="info")
+        finally:
+            if sweeper is not None:
+                sweeper.stop()
         return 0
     if args.command == "sweep":
         report = sweep(sessions, grace=timedelta(days=args.grace_days), dry_run=args.dry_run)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from weiflow.errors import ConfigError
 
 __all__ = [
     "Orphan",
+    "PeriodicSweeper",
     "Policy",
     "SweepReport",
     "delete_uri",
@@ -355,6 +357,44 @@ def sweep(
             report.deleted.extend(deleted)
             report.failed.extend(failed)
     return report
+
+
+class PeriodicSweeper:
+    """Runs :func:`sweep` every ``every`` in a background thread until stopped: the scheduled sweep.
+
+    Several centers may each run one: concurrent sweeps never delete twice (see the module
+    docstring). A sweep that raises is logged and the next one runs on time.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        every: timedelta,
+        *,
+        grace: timedelta = timedelta(days=3),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.sessions, self.every, self.grace, self.clock = sessions, every, grace, clock
+        self.sweeps = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="weiflow-retention-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every.total_seconds()):
+            try:
+                report = sweep(self.sessions, now=self.clock(), grace=self.grace)
+                log.info("scheduled retention sweep: %s", report.summary())
+            except Exception:
+                log.exception("scheduled retention sweep failed; the next one runs in %s", self.every)
+            self.sweeps += 1
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:

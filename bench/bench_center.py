@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from weiflow.center.db import make_engine, make_sessionmaker, migrate  # noqa: E
 from weiflow.center.models import Dataset, NodeRun, Pipeline, Role, Run, RunUse, State  # noqa: E402
 from weiflow.center.repository import create_token, create_user  # noqa: E402
 from weiflow.center.retention import sweep  # noqa: E402
+from weiflow.processes import free_port  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PIPELINES = 200
@@ -147,12 +147,6 @@ def load(engine: Engine, *, datasets: int, runs: int, files_dir: Path) -> dict[s
             conn.execute(insert(Dataset), rows[start : start + 20_000])
         conn.execute(insert(RunUse), uses)
     return counts
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def serve(url: str, schema: str | None) -> tuple[subprocess.Popen[bytes], str]:

@@ -23,8 +23,6 @@ stays under the 5 s after which Airflow's task supervisor kills the task process
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -35,6 +33,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from weiflow.processes import stop_groups
 
 __all__ = ["WeiflowNodeOperator"]
 
@@ -49,11 +49,6 @@ def _text(value: Any) -> str:
     if isinstance(value, datetime | date):
         return value.isoformat()[:10]
     return str(value)
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
-        os.killpg(pgid, signum)
 
 
 class WeiflowNodeOperator(BaseOperator):
@@ -145,12 +140,9 @@ class WeiflowNodeOperator(BaseOperator):
         self._stop(process)
 
     def _stop(self, process: subprocess.Popen[str]) -> None:
-        """SIGTERM to the node's process group, SIGKILL to whatever is left after the grace."""
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=self.kill_grace)
-        except subprocess.TimeoutExpired:
-            self.log.warning("Node '%s' still running after %.1f s: SIGKILL", self.node, self.kill_grace)
-        # Also when run-node has exited: a child it started may still be in the group.
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait()
+        """SIGTERM to the node's process group, SIGKILL to whatever is left after the grace.
+
+        SIGKILL also when run-node has exited: a child it started may still be in the group.
+        """
+        if not stop_groups([process], self.kill_grace):
+            self.log.warning("Node '%s' was still running after %.1f s: SIGKILL", self.node, self.kill_grace)

@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "xml_specs"
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie (killed, not yet reaped by its parent or init) does not."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 @pytest.fixture(autouse=True)
 def isolated_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """No test reads the developer's weiflow.toml or writes into the repo's var/."""

@@ -170,7 +170,8 @@ class Live:
 @pytest.fixture(scope="session")
 def live_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """Airflow started for this session on a free port with AIRFLOW_HOME in a temporary directory."""
-    from weiflow.airflow.local import LocalAirflow, free_port
+    from weiflow.airflow.local import LocalAirflow
+    from weiflow.processes import free_port
 
     root = tmp_path_factory.mktemp("live-airflow")
     specs = root / "specs"

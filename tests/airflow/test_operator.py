@@ -15,6 +15,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from operators import WeiflowNodeOperator
+from tests.conftest import alive
 from weiflow.tracking import read_events
 
 pytestmark = pytest.mark.integration
@@ -83,15 +84,6 @@ def context(run_id: str = "manual__2026-11-20T10:00:00+00:00", try_number: int =
 
 def operator(spec: Path, node: str, **kwargs: Any) -> WeiflowNodeOperator:
     return WeiflowNodeOperator(task_id=node, spec=str(spec), node=node, spec_params=["day", "users"], **kwargs)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie (killed, not yet reaped by its parent or init) does not."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 def test_the_command_line_carries_run_id_date_params_and_attempt(spec: Path) -> None:

@@ -3,7 +3,6 @@ confirm a deletion, and see the dataset tombstoned after the sweep."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from weiflow.center.ingest import ingest_events
 from weiflow.center.models import Dataset, Role
 from weiflow.center.repository import create_user
 from weiflow.center.retention import sweep
+from weiflow.processes import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -35,12 +35,6 @@ def wait_for_path(browser: Any, path: str, timeout: float = 10) -> None:
     while urlparse(browser.current_url).path != path:
         assert time.monotonic() < deadline, f"still at {browser.current_url}: {browser.page_source[:2000]}"
         time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

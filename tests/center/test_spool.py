@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -15,13 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from weiflow.center.api import create_app
 from weiflow.center.models import IngestedEvent, Role, Run
 from weiflow.center.repository import create_token, create_user
+from weiflow.processes import free_port
 from weiflow.tracking import CenterTracker, Event, EventKind
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

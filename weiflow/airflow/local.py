@@ -15,11 +15,8 @@ API server first starts (else it would generate and print a random one).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,8 +30,9 @@ from typing import IO
 
 from weiflow.airflow.loader import BUNDLE_CLASSPATH
 from weiflow.airflow.mapping import DEFAULT_POOL_SLOTS, pool_for
+from weiflow.processes import stop_groups
 
-__all__ = ["COMPONENTS", "LOCAL_SETTINGS", "LocalAirflow", "free_port", "pools_document"]
+__all__ = ["COMPONENTS", "LOCAL_SETTINGS", "LocalAirflow", "pools_document"]
 
 COMPONENTS: Mapping[str, tuple[str, ...]] = {
     "api-server": ("api-server",),
@@ -59,13 +57,6 @@ weiflow.registry.default_registry()  # the engines' module declarations, loaded 
 
 __all__: list[str] = []  # no cluster policies here
 """
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pools_document(slots: Mapping[str, int] | None = None) -> dict[str, dict[str, object]]:
@@ -229,16 +220,7 @@ class LocalAirflow:
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM every component's process group; SIGKILL what is left after ``grace`` seconds."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                _signal_group(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for process in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        for process in self.processes.values():
-            _signal_group(process.pid, signal.SIGKILL)  # also workers a component left behind
-            process.wait()
+        stop_groups(list(self.processes.values()), grace)  # SIGKILL also reaches workers a component left
         self.processes.clear()
 
     def __enter__(self) -> LocalAirflow:
@@ -263,11 +245,6 @@ class LocalAirflow:
 def _healthy(health: Mapping[str, object], part: str) -> bool:
     status = health.get(part)
     return isinstance(status, dict) and status.get("status") == "healthy"
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
-        os.killpg(pgid, signum)
 
 
 def print_banner(airflow: LocalAirflow, stream: IO[str] | None = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,12 @@ from pathlib import Path
 import pyspark
 import pytest
 
+from weiflow.processes import free_port
 from weiflow.storage import SUCCESS_MARKER, is_complete
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SPARK_HOME = Path(pyspark.__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def spec_file(directory: Path, rows: int) -> Path:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import alive
 from tests.engines.tensorflow.samples import write_samples
 from weiflow.config import load_settings
 from weiflow.dag import compile_file
@@ -55,15 +56,6 @@ def pipeline(data: Path, cluster: str, train: str, rest: str = "") -> str:
           </node>
         </pipeline>
         """)
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting to be reaped."""
-    try:
-        with Path(f"/proc/{pid}/stat").open() as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def assert_all_gone(pids: list[int], within_s: float = 5.0) -> None:

@@ -15,7 +15,6 @@ is stopped as a whole on cancel: SIGTERM, then SIGKILL after a grace period.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import re
 import signal
@@ -28,7 +27,7 @@ from typing import IO
 
 import pyspark
 
-from weiflow.processes import dying_with_parent
+from weiflow.processes import dying_with_parent, signal_group, stop_groups
 from weiflow.tracking import Event
 
 __all__ = [
@@ -189,26 +188,14 @@ class SubmittedApplication:
 
     def stop(self) -> None:
         """Make sure nothing of the group is left: SIGTERM, wait up to the grace period, then SIGKILL."""
-        if self._process is None:
-            return
-        if self._process.poll() is None:
-            self._signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(self.grace_s)
-        self._signal(signal.SIGKILL)  # whatever the leader left behind in its group
-        self._process.wait()
+        if self._process is not None:
+            stop_groups([self._process], self.grace_s)
 
     def error_tail(self) -> str:
         return "".join(self._tail).rstrip()
 
     def _signal(self, signum: int) -> bool:
-        if self._process is None:
-            return False
-        try:
-            os.killpg(self._process.pid, signum)
-        except ProcessLookupError:
-            return False  # the group is gone already
-        return True
+        return self._process is not None and signal_group(self._process.pid, signum)
 
     def _relay_stdout(self, stream: IO[str]) -> None:
         for line in stream:

@@ -14,11 +14,9 @@ die with the launcher even when it is killed with SIGKILL and has no chance to c
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,20 +27,20 @@ from pathlib import Path
 from typing import Protocol
 
 from weiflow.errors import WeiflowError
-from weiflow.processes import dying_with_parent
+from weiflow.processes import dying_with_parent, free_port, stop_groups
 
 __all__ = [
+    "STOP_GRACE_S",
     "ClusterBackend",
     "ClusterFailed",
     "ClusterJob",
     "LocalCluster",
     "TaskRef",
     "own_process",
-    "stop_processes",
 ]
 
 CHIEF, PS, WORKER = "chief", "ps", "worker"
-_STOP_GRACE_S = 3.0
+STOP_GRACE_S = 3.0  # SIGTERM to SIGKILL when the launcher stops a process group
 
 
 class ClusterFailed(WeiflowError):
@@ -101,15 +99,6 @@ class ClusterBackend(Protocol):
         ...
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 now. Another process may take it before the server binds; rare, and the
-    run then fails with the server's bind error rather than hanging."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def own_process(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
     """Start a child in its own process group that dies with this process, output to ``log``."""
     with log.open("ab") as out:
@@ -121,26 +110,6 @@ def own_process(argv: Sequence[str], *, env: Mapping[str, str], log: Path) -> su
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def stop_processes(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = _STOP_GRACE_S) -> None:
-    """SIGTERM every process group, wait up to ``grace_s``, then SIGKILL what is left; reap all."""
-    for proc in procs:
-        _signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(max(0.0, deadline - time.monotonic()))
-    for proc in procs:
-        if proc.poll() is None:
-            _signal_group(proc, signal.SIGKILL)
-        proc.wait()
-        _signal_group(proc, signal.SIGKILL)  # anything the child left in its group
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
 
 
 def exit_text(code: int) -> str:
@@ -209,7 +178,7 @@ class LocalCluster:
         self._stopped.set()
         with self._lock:
             procs = list(self._procs.values())
-        stop_processes(procs)
+        stop_groups(procs, STOP_GRACE_S)
 
     def _log(self, task: TaskRef) -> Path:
         return self.log_dir / f"{task.job}-{task.index}.log"

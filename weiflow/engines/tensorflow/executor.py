@@ -28,17 +28,18 @@ import pyarrow.parquet as pq
 from weiflow.dag.compiler import ModulePlan
 from weiflow.engines.tensorflow import CANNED_MODELS, METRICS
 from weiflow.engines.tensorflow.cluster import (
+    STOP_GRACE_S,
     ClusterBackend,
     ClusterFailed,
     ClusterJob,
     LocalCluster,
     exit_text,
     own_process,
-    stop_processes,
 )
 from weiflow.engines.tensorflow.job import InputData, ModelInput, TrainJob
 from weiflow.errors import DatasetError, ModuleFailed
 from weiflow.features.featuremap import FeatureMap
+from weiflow.processes import stop_groups
 from weiflow.registry import default_registry
 from weiflow.runtime import Executor, NodeContext
 from weiflow.spec import did_you_mean
@@ -154,7 +155,7 @@ class TensorflowExecutor(Executor):
         if backend is not None:
             backend.stop()
         if child is not None:
-            stop_processes([child])
+            stop_groups([child], STOP_GRACE_S)
 
     def _run_module(self, ctx: NodeContext, module: ModulePlan, inputs: dict[str, Any]) -> Any:
         attrs = ctx.module_attrs(module)
@@ -190,7 +191,7 @@ class TensorflowExecutor(Executor):
         try:
             code = proc.wait()
         finally:
-            stop_processes([proc])
+            stop_groups([proc], STOP_GRACE_S)
             with self._lock:
                 self._child = None
         if code != 0:

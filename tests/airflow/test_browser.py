@@ -14,9 +14,9 @@ from weiflow.tracking import read_events, run_log_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-if CHROMIUM is None or CHROMEDRIVER is None:
+# The `browser` fixture skips without Chromium too, but only after live_airflow has started an
+# Airflow for nothing: skip the module before that.
+if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
     pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)", allow_module_level=True)
 
 webdriver = pytest.importorskip("selenium.webdriver")

@@ -7,7 +7,7 @@ chief (trainer.py). Examples/s is the chief's steady-state figure: steps after t
 checkpoint interval (which includes tracing and the servers' warm-up) over their time.
 Target on a 2-core machine: 1 PS + 1 worker >= 0.7 x single-process.
 
-    .venv/bin/python bench/bench_training.py [--rows 200000] [--steps 1200] [--quick]
+    .venv/bin/python bench/bench_training.py [--rows 200000] [--steps 3000] [--quick]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def run(work: Path, samples_dir: Path, *, ps: int, workers: int, steps: int, eve
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="fewer rows and steps: checks the script runs")
     args, unknown = parser.parse_known_args()
     if unknown:

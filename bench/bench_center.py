@@ -1,36 +1,39 @@
 """Control center at scale: the dataset list API under 20 concurrent clients, and one retention sweep.
 
 Bulk-loads (SQLAlchemy core inserts) 100,000 datasets and 10,000 runs into a fresh database,
-serves the center with uvicorn in a subprocess on 127.0.0.1, and drives 20 concurrent
-clients (threads, one httpx connection each) against ``GET /api/v1/datasets``: the first
-page, deep keyset pages, and filters by state, owner and name, 50 rows each, token-checked.
-Then one retention sweep over the same data: what a daily sweep finds, about 2% newly due
-for marking and 1% past their grace period (with real files to delete), 1% of the runs
-still running and protecting what they use. Targets: p99 < 50 ms, sweep < 5 s, each on
-SQLite and on PostgreSQL (127.0.0.1:5432, database test, in a schema of its own, dropped after).
+starts the center the way users do (``weiflow center serve``: one worker process per CPU, at
+most 4, access log on) on 127.0.0.1, and drives 20 concurrent clients (asyncio + aiohttp in this
+process, one keep-alive connection each, each sending its next request as soon as the last
+answer arrives) against ``GET /api/v1/datasets``: the first page, deep keyset pages, and filters
+by state, owner and name, 50 rows each, token-checked. It also prints the servers' CPU time per
+request, the figure that moves least with other load on the machine. Then one retention sweep
+over the same data: what a daily sweep finds, about 2% newly due for marking and 1% past their
+grace period (with real files to delete), 1% of the runs still running and protecting what they
+use. Targets: p99 < 50 ms, sweep < 5 s, each on SQLite and on PostgreSQL (127.0.0.1:5432,
+database test, in a schema of its own, dropped after).
 
     .venv/bin/python bench/bench_center.py [--datasets 100000] [--runs 10000] [--clients 20]
-        [--requests 100] [--backends sqlite,postgres] [--postgres-url URL] [--quick]
+        [--requests 200] [--workers N] [--backends sqlite,postgres] [--postgres-url URL] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, insert, make_url, text
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -39,21 +42,11 @@ from weiflow.center.db import make_engine, make_sessionmaker, migrate  # noqa: E
 from weiflow.center.models import Dataset, NodeRun, Pipeline, Role, Run, RunUse, State  # noqa: E402
 from weiflow.center.repository import create_token, create_user  # noqa: E402
 from weiflow.center.retention import sweep  # noqa: E402
-from weiflow.processes import free_port  # noqa: E402
+from weiflow.processes import free_port, stop_groups  # noqa: E402
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PIPELINES = 200
 NOW = datetime.now(UTC)
-
-# The server: the same app `weiflow center serve` runs, one uvicorn process, no access log.
-SERVER = """
-import sys, uvicorn
-from weiflow.center.api import create_app
-from weiflow.center.db import make_engine, make_sessionmaker
-url, schema, port = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
-app = create_app(make_sessionmaker(make_engine(url, schema=schema, pool_size=25, max_overflow=5)))
-uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-"""
 
 
 def load(engine: Engine, *, datasets: int, runs: int, files_dir: Path) -> dict[str, int]:
@@ -149,66 +142,93 @@ def load(engine: Engine, *, datasets: int, runs: int, files_dir: Path) -> dict[s
     return counts
 
 
-def serve(url: str, schema: str | None) -> tuple[subprocess.Popen[bytes], str]:
+def serve(url: str, schema: str | None, workers: int | None) -> tuple[subprocess.Popen[bytes], str]:
+    """``weiflow center serve`` on a free port, over ``url`` (in ``schema``: PostgreSQL's search_path)."""
+    if schema is not None:
+        url = str(make_url(url).update_query_dict({"options": f"-csearch_path={schema}"}))
     port = free_port()
+    argv = [sys.executable, "-m", "weiflow", "center", "serve", "--port", str(port), "--sweep-every=0"]
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVER, url, schema or "", str(port)],
+        [*argv, *(["--workers", str(workers)] if workers else [])],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), "WEIFLOW_DATABASE_URL": url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         try:
-            httpx.get(f"{base}/api/openapi.json", timeout=1)
-            return process, base
-        except httpx.TransportError:
+            with urllib.request.urlopen(f"{base}/api/openapi.json", timeout=1):
+                return process, base
+        except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
+                stop_groups([process], 5)
                 raise SystemExit("bench_center: the center did not start") from None
-            time.sleep(0.1)
+            time.sleep(0.2)
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of ``root`` and its children (the uvicorn workers), from /proc."""
+    total, pending = 0.0, [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            pending += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def drive(base: str, token: str, *, clients: int, requests: int, datasets: int) -> list[float]:
-    """Latencies (s) of every request from ``clients`` threads, ``requests`` each, after a warm-up."""
+    """Latencies (s) of every request from ``clients`` concurrent clients, ``requests`` each, after a warm-up."""
+    return asyncio.run(_drive(base, token, clients=clients, requests=requests, datasets=datasets))
+
+
+async def _drive(base: str, token: str, *, clients: int, requests: int, datasets: int) -> list[float]:
+    import aiohttp
+
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(clients)
     failures: list[str] = []
+    go = asyncio.Event()
 
-    def client(seed: int) -> None:
+    async def client(seed: int, warm: asyncio.Event) -> None:
         rng = random.Random(seed)
-        mine: list[float] = []
-        with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+        connector = aiohttp.TCPConnector(limit=1)  # one connection per client, kept alive
+        async with aiohttp.ClientSession(base, headers=headers, connector=connector) as http:
             for _ in range(5):  # connection, server-side pool and caches warm
-                http.get("/api/v1/datasets", params={"limit": 50})
-            barrier.wait()
+                async with http.get("/api/v1/datasets", params={"limit": "50"}) as response:
+                    await response.read()
+            warm.set()
+            await go.wait()
             for i in range(requests):
                 kind = i % 5
-                params: dict[str, Any] = {"limit": 50}
+                params = {"limit": "50"}
                 if kind == 1:
-                    params["before"] = rng.randrange(100, datasets)
+                    params["before"] = str(rng.randrange(100, datasets))
                 elif kind == 2:
                     params["state"] = "pending-deletion"
                 elif kind == 3:
                     params["owner"] = f"team{rng.randrange(20)}"
-                    params["before"] = rng.randrange(100, datasets)
+                    params["before"] = str(rng.randrange(100, datasets))
                 elif kind == 4:
                     params["name"] = f"ds{rng.randrange(50)}"
                 start = time.perf_counter()
-                response = http.get("/api/v1/datasets", params=params)
-                mine.append(time.perf_counter() - start)
-                if response.status_code != 200 or not response.json()["items"]:
-                    failures.append(f"{params}: {response.status_code} {response.text[:200]}")
-        with lock:
-            latencies.extend(mine)
+                async with http.get("/api/v1/datasets", params=params) as response:
+                    body = await response.json()
+                latencies.append(time.perf_counter() - start)
+                if response.status != 200 or not body["items"]:
+                    failures.append(f"{params}: {response.status} {str(body)[:200]}")
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    ready = [asyncio.Event() for _ in range(clients)]
+    tasks = [asyncio.create_task(client(seed, ready[seed])) for seed in range(clients)]
+    await asyncio.gather(*(event.wait() for event in ready))
+    go.set()
+    await asyncio.gather(*tasks)
     if failures:
         raise SystemExit(f"bench_center: {len(failures)} bad responses, e.g. {failures[0]}")
     return latencies
@@ -249,19 +269,19 @@ def bench(backend: str, args: argparse.Namespace, datasets: int, runs: int, requ
                 create_user(session, "bench", Role.VIEWER)
                 token = create_token(session, "bench")
             print(f"[{backend}] loaded {datasets:,} datasets and {runs:,} runs in {loaded:.1f} s", flush=True)
-            process, base = serve(url, schema)
+            process, base = serve(url, schema, args.workers)
             try:
+                cpu_before, started = cpu_seconds(process.pid), time.perf_counter()
                 latencies = drive(base, token, clients=args.clients, requests=requests, datasets=datasets)
+                wall, cpu = time.perf_counter() - started, cpu_seconds(process.pid) - cpu_before
             finally:
-                process.terminate()
-                process.wait(10)
+                stop_groups([process], 10)
             ms = [x * 1000 for x in latencies]
             p50, p95, p99 = pct(ms, 0.50), pct(ms, 0.95), pct(ms, 0.99)
-            wall = sum(latencies) / args.clients
             print(
                 f"[{backend}] GET /api/v1/datasets, {args.clients} clients x {requests}: p50 {p50:.1f} ms, "
                 f"p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {max(ms):.1f} ms, mean {statistics.mean(ms):.1f} ms, "
-                f"~{len(ms) / wall:,.0f} req/s",
+                f"{len(ms) / wall:,.0f} req/s, server CPU {cpu * 1000 / len(ms):.2f} ms per request",
                 flush=True,
             )
             start = time.perf_counter()
@@ -289,7 +309,8 @@ def main() -> None:
     parser.add_argument("--datasets", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=100, help="per client")
+    parser.add_argument("--requests", type=int, default=200, help="per client")
+    parser.add_argument("--workers", type=int, help="server processes (default: weiflow center serve's)")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--postgres-url", default=os.environ.get("WEIFLOW_TEST_POSTGRES_URL", PG_URL))
     parser.add_argument("--target-p99-ms", type=float, default=50.0)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center.api import create_app
 from weiflow.center.models import Role
+from weiflow.center.models import User as UserRow
 from weiflow.center.repository import create_token, create_user
 from weiflow.center.retention import sweep
 from weiflow.tracking import DatasetInfo, Event, EventKind
@@ -84,6 +87,34 @@ def test_every_endpoint_needs_a_valid_token(api: tuple[TestClient, dict[str, dic
         for headers in ({}, bad):
             response = getattr(client, method)(path, headers=headers)
             assert response.status_code == 401, (method, path, response.text)
+
+
+def test_a_disabled_user_is_refused_once_the_token_cache_lapses_and_at_once_without_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    with sessions() as session:
+        create_user(session, "dora", Role.VIEWER)
+        headers = {"Authorization": f"Bearer {create_token(session, 'dora')}"}
+    cached = TestClient(create_app(sessions, token_cache_s=0.5))
+    uncached = TestClient(create_app(sessions, token_cache_s=0))
+    assert cached.get("/api/v1/me", headers=headers).status_code == 200
+    assert uncached.get("/api/v1/me", headers=headers).status_code == 200
+    with sessions() as session:
+        session.execute(update(UserRow).where(UserRow.username == "dora").values(disabled=True))
+        session.commit()
+    assert uncached.get("/api/v1/me", headers=headers).status_code == 401
+    time.sleep(0.6)
+    assert cached.get("/api/v1/me", headers=headers).status_code == 401
+
+
+def test_an_expired_token_is_refused_at_once_even_while_cached(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        create_user(session, "eve", Role.VIEWER)
+        headers = {"Authorization": f"Bearer {create_token(session, 'eve', ttl=timedelta(seconds=1))}"}
+    client = TestClient(create_app(sessions, token_cache_s=600))
+    assert client.get("/api/v1/datasets", headers=headers).status_code == 200
+    time.sleep(1.1)
+    assert client.get("/api/v1/datasets", headers=headers).status_code == 401
 
 
 def test_openapi_document_is_served(api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:

@@ -13,24 +13,16 @@ from __future__ import annotations
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI
 
-from weiflow.center.api import create_app
-from weiflow.center.db import make_engine, make_sessionmaker
-from weiflow.config import load_settings
+from weiflow.center.api import app_from_settings
 
-__all__ = ["URL_PREFIX", "WeiFlowCenterPlugin", "center_app"]
+__all__ = ["URL_PREFIX", "WeiFlowCenterPlugin"]
 
 URL_PREFIX = "/weiflow-center"
-
-
-def center_app() -> FastAPI:
-    """The center's app over the database that weiflow.toml or WEIFLOW_DATABASE_URL names."""
-    return create_app(make_sessionmaker(make_engine(load_settings().database_url)))
 
 
 class WeiFlowCenterPlugin(AirflowPlugin):
     name = "weiflow_center"
     fastapi_apps: list[Any] = [  # noqa: RUF012 - Airflow's own declaration is a mutable class attribute
-        {"app": center_app(), "url_prefix": URL_PREFIX, "name": "WeiFlow center"}
+        {"app": app_from_settings(), "url_prefix": URL_PREFIX, "name": "WeiFlow center"}
     ]

@@ -4,29 +4,45 @@ Every endpoint needs a bearer token (``Authorization: Bearer wf_...``): 401 with
 one, 403 when the role may not do it. Viewers read; owners also ingest events and manage
 their own datasets; admins manage everything and read the audit log. The console's pages (:mod:`weiflow.center.console`)
 share the app, the repository rules and the audit trail, with a login session instead of a token.
+
+Reads that are one indexed page (at most ``MAX_PAGE`` rows) or one record run on the event
+loop, token check included: the query costs less than handing it to a worker thread and back
+(bench_center: the thread hops were half of a dataset-list request). Anything unbounded,
+ingesting a batch of events, listing every job or model, changing state, runs in the thread pool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from cachetools import TTLCache
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center import repository as repo
 from weiflow.center.console import add_console
-from weiflow.center.ingest import ingest_events, parse_events
+from weiflow.center.db import make_engine, make_sessionmaker
+from weiflow.center.ingest import IngestResult, ingest_events, parse_events
 from weiflow.center.models import Role
 from weiflow.center.repository import ActionError, Principal
+from weiflow.config import load_settings
 
-__all__ = ["create_app"]
+__all__ = ["app_from_settings", "create_app"]
 
 _bearer = HTTPBearer(auto_error=False)
 
+# How long a worker process trusts an API token it has checked: a token deleted or a user
+# disabled in the database stops working within this time; an expired token stops at once.
+# Checking on every request was a sixth of a dataset-list request's CPU (bench_center).
+TOKEN_CACHE_S = 10.0
 
-def _session(request: Request) -> Iterator[Session]:
+
+async def _session(request: Request) -> AsyncIterator[Session]:
     sessions: sessionmaker[Session] = request.app.state.sessions
     with sessions() as session:
         yield session
@@ -35,10 +51,23 @@ def _session(request: Request) -> Iterator[Session]:
 Db = Annotated[Session, Depends(_session)]
 
 
-def _principal(db: Db, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    found = repo.authenticate_token(db, credentials.credentials, kind="api") if credentials else None
-    if found is None:
+async def _principal(
+    request: Request, db: Db, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    if credentials is None:
         raise HTTPException(401, "a valid API token is required", headers={"WWW-Authenticate": "Bearer"})
+    # Keyed by the token's hash: the cache need not hold secrets.
+    key = hashlib.sha256(credentials.credentials.encode()).digest()
+    tokens: TTLCache[bytes, Principal] | None = request.app.state.tokens
+    found = tokens.get(key) if tokens is not None else None
+    if found is None or (found.expires_at is not None and found.expires_at < datetime.now(UTC)):
+        found = repo.authenticate_token(db, credentials.credentials, kind="api")
+        if found is None:
+            if tokens is not None:
+                tokens.pop(key, None)
+            raise HTTPException(401, "a valid API token is required", headers={"WWW-Authenticate": "Bearer"})
+        if tokens is not None:
+            tokens[key] = found
     return found
 
 
@@ -46,7 +75,14 @@ def _principal(db: Db, credentials: Annotated[HTTPAuthorizationCredentials | Non
 User = Annotated[Principal, Depends(_principal)]
 
 
-def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> FastAPI:
+def create_app(
+    sessions: sessionmaker[Session], *, console: bool = True, token_cache_s: float = TOKEN_CACHE_S
+) -> FastAPI:
+    """The API (and the console, unless ``console=False``) over ``sessions``.
+
+    A checked API token is trusted for ``token_cache_s`` seconds in this process (0: checked on
+    every request).
+    """
     app = FastAPI(
         title="WeiFlow control center",
         version="1",
@@ -55,6 +91,8 @@ def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> Fast
         redoc_url=None,
     )
     app.state.sessions = sessions
+    # Only the event loop's thread touches it (_principal is async), so no lock.
+    app.state.tokens = TTLCache(maxsize=4096, ttl=token_cache_s) if token_cache_s > 0 else None
 
     def need(user: Principal, *roles: Role) -> None:
         if user.role not in roles:
@@ -67,7 +105,7 @@ def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> Fast
             raise HTTPException(exc.status, str(exc)) from None
 
     @app.get("/api/v1/me")
-    def me(user: User) -> dict[str, Any]:
+    async def me(user: User) -> dict[str, Any]:
         return {"username": user.username, "role": str(user.role), "groups": list(user.groups)}
 
     @app.post("/api/v1/events")
@@ -79,12 +117,16 @@ def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> Fast
         except ValueError:
             raise HTTPException(400, "body must be a JSON array of events") from None
         events, problems = parse_events(payload)
-        with sessions() as db:
-            result = ingest_events(db, events)
+
+        def ingest() -> IngestResult:
+            with sessions() as db:
+                return ingest_events(db, events)
+
+        result = await run_in_threadpool(ingest)
         return {**result, "rejected": len(problems), "problems": problems[:20]}
 
     @app.get("/api/v1/runs")
-    def runs(
+    async def runs(
         db: Db,
         user: User,
         *,
@@ -97,14 +139,14 @@ def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> Fast
         return {"items": items, "next": items[-1]["id"] if len(items) == limit else None}
 
     @app.get("/api/v1/runs/{run_pk}")
-    def run(run_pk: int, db: Db, user: User) -> dict[str, Any]:
+    async def run(run_pk: int, db: Db, user: User) -> dict[str, Any]:
         detail = repo.run_detail(db, run_pk)
         if detail is None:
             raise HTTPException(404, f"no run {run_pk}")
         return detail
 
     @app.get("/api/v1/datasets")
-    def datasets(
+    async def datasets(
         db: Db,
         user: User,
         *,
@@ -121,7 +163,7 @@ def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> Fast
         return {"items": items, "next": items[-1]["id"] if len(items) == limit else None}
 
     @app.get("/api/v1/datasets/{dataset_id}")
-    def dataset(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+    async def dataset(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
         detail = repo.dataset_detail(db, dataset_id)
         if detail is None:
             raise HTTPException(404, f"no dataset {dataset_id}")
@@ -156,7 +198,7 @@ def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> Fast
         return repo.list_models(db)
 
     @app.get("/api/v1/audit")
-    def audit(
+    async def audit(
         db: Db, user: User, limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 100, before: int | None = None
     ) -> dict[str, Any]:
         need(user, Role.ADMIN)
@@ -166,3 +208,11 @@ def create_app(sessions: sessionmaker[Session], *, console: bool = True) -> Fast
     if console:
         add_console(app)
     return app
+
+
+def app_from_settings() -> FastAPI:
+    """The center over the database that weiflow.toml or WEIFLOW_DATABASE_URL names.
+
+    What each ``weiflow center serve`` worker process and the Airflow plugin build.
+    """
+    return create_app(make_sessionmaker(make_engine(load_settings().database_url)))

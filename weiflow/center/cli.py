@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -26,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the REST API on 127.0.0.1 (migrates first)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(os.cpu_count() or 1, 4),
+        help="server processes (default: one per CPU, at most 4)",
+    )
     p.add_argument(
         "--sweep-every",
         type=float,
@@ -64,8 +71,12 @@ def main(argv: Sequence[str], settings: Settings) -> int:
     if args.command == "serve":
         import uvicorn
 
-        from weiflow.center.api import create_app
-
+        if args.workers < 1:
+            print(f"weiflow center serve: --workers {args.workers}: needs at least 1", file=sys.stderr)
+            return 2
+        # Each worker process builds its own app and engine from the settings: hand them the
+        # database this process resolved, whatever set it.
+        os.environ["WEIFLOW_DATABASE_URL"] = settings.database_url
         sweeper = None
         if args.sweep_every > 0:
             sweeper = PeriodicSweeper(
@@ -73,7 +84,14 @@ def main(argv: Sequence[str], settings: Settings) -> int:
             )
             sweeper.start()
         try:
-            uvicorn.run(create_app(sessions), host=args.host, port=args.port, log_level="info")
+            uvicorn.run(
+                "weiflow.center.api:app_from_settings",
+                factory=True,
+                workers=args.workers,
+                host=args.host,
+                port=args.port,
+                log_level="info",
+            )
         finally:
             if sweeper is not None:
                 sweeper.stop()

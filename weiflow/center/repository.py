@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,6 +74,8 @@ class Principal:
     username: str
     role: Role
     groups: tuple[str, ...] = ()
+    # When the token that authenticated this principal expires (None: never, or not by token).
+    expires_at: datetime | None = field(default=None, compare=False)
 
     def may_manage(self, owner: str | None) -> bool:
         """Admins manage everything; an owner manages datasets of pipelines owned by them or their groups."""
@@ -155,7 +157,7 @@ def authenticate_token(session: Session, token: str, *, kind: str | None = None)
         return None
     if record.expires_at is not None and record.expires_at < datetime.now(UTC):
         return None
-    return _principal(user)
+    return replace(_principal(user), expires_at=record.expires_at)
 
 
 def revoke_token(session: Session, token: str) -> None:

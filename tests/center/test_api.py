@@ -12,9 +12,10 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center.api import create_app
-from weiflow.center.models import Role
+from weiflow.center.models import Dataset as DatasetRow
+from weiflow.center.models import Pipeline, Role
 from weiflow.center.models import User as UserRow
-from weiflow.center.repository import create_token, create_user
+from weiflow.center.repository import create_token, create_user, list_datasets
 from weiflow.center.retention import sweep
 from weiflow.tracking import DatasetInfo, Event, EventKind
 
@@ -115,6 +116,59 @@ def test_an_expired_token_is_refused_at_once_even_while_cached(sessions: session
     assert client.get("/api/v1/datasets", headers=headers).status_code == 200
     time.sleep(1.1)
     assert client.get("/api/v1/datasets", headers=headers).status_code == 401
+
+
+def test_the_database_rendered_dataset_list_equals_the_python_one(
+    api: tuple[TestClient, dict[str, dict[str, str]]], sessions: sessionmaker[Session]
+) -> None:
+    """The API's list is JSON the database writes (repo.dataset_page_json); the console's comes from
+    Python dicts. Both must say the same, value for value, on SQLite and PostgreSQL."""
+    client, headers = api
+    exact = datetime(2026, 11, 2, 3, 4, 5, tzinfo=UTC)  # no microseconds: still six digits in both
+    with sessions() as session:
+        session.add(Pipeline(id=1, name="feed", owner="ranking"))
+        session.flush()
+        for i in range(7):
+            session.add(
+                DatasetRow(
+                    uri=f'file:///data/{i}/part \\ "quoted"',
+                    name=f"ds{i % 2}",
+                    pipeline_id=1 if i % 2 else None,
+                    owner="ranking" if i % 3 else None,
+                    format="parquet" if i % 2 else None,
+                    size_bytes=(1 << 40) + i,
+                    rows=None if i == 3 else i * 1000,
+                    retention="ttl:3" if i % 2 else None,
+                    state="pending-deletion" if i in (2, 5) else "live",
+                    pinned=i == 4,
+                    reason='über "alt"\nzweite Zeile ✓' if i in (2, 5) else None,
+                    delete_after=exact + timedelta(days=i) if i in (2, 5) else None,
+                    last_access=T0 + timedelta(microseconds=123456 * i) if i % 2 else None,
+                    created_at=exact + timedelta(hours=i),
+                )
+            )
+        session.commit()
+    for params in (
+        {},
+        {"limit": 3},
+        {"limit": 3, "before": 5},
+        {"state": "pending-deletion"},
+        {"owner": "ranking"},
+        {"name": "ds1"},
+        {"pipeline": "feed"},
+        {"pipeline": "nothing"},
+    ):
+        response = client.get("/api/v1/datasets", params=params, headers=headers["vera"])
+        assert response.status_code == 200, response.text
+        with sessions() as session:
+            limit = int(params.get("limit", 50))
+            kwargs = {k: v for k, v in params.items() if k != "limit"}
+            expected = list_datasets(session, limit=limit, **kwargs)  # type: ignore[arg-type]
+        assert response.json() == {
+            "items": expected,
+            "next": expected[-1]["id"] if len(expected) == limit else None,
+        }, params
+        assert all(item["created_at"].endswith(".000000+00:00") for item in response.json()["items"])
 
 
 def test_openapi_document_is_served(api: tuple[TestClient, dict[str, dict[str, str]]]) -> None:

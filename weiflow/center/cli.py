@@ -69,7 +69,7 @@ def main(argv: Sequence[str], settings: Settings) -> int:
         return 0
     migrate(engine)
     if args.command == "serve":
-        import uvicorn
+        from weiflow.center.serving import serve
 
         if args.workers < 1:
             print(f"weiflow center serve: --workers {args.workers}: needs at least 1", file=sys.stderr)
@@ -84,18 +84,10 @@ def main(argv: Sequence[str], settings: Settings) -> int:
             )
             sweeper.start()
         try:
-            uvicorn.run(
-                "weiflow.center.api:app_from_settings",
-                factory=True,
-                workers=args.workers,
-                host=args.host,
-                port=args.port,
-                log_level="info",
-            )
+            return serve(args.host, args.port, workers=args.workers)
         finally:
             if sweeper is not None:
                 sweeper.stop()
-        return 0
     if args.command == "sweep":
         report = sweep(sessions, grace=timedelta(days=args.grace_days), dry_run=args.dry_run)
         if args.json:

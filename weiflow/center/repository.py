@@ -9,13 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import (
+    Dialect,
+    String,
+    Text,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    literal_column,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from weiflow.center.db import changed
@@ -47,6 +61,7 @@ __all__ = [
     "create_token",
     "create_user",
     "dataset_detail",
+    "dataset_page_json",
     "hash_password",
     "list_datasets",
     "list_jobs",
@@ -177,7 +192,8 @@ def authenticate_password(session: Session, username: str, password: str) -> Pri
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    # Always six fractional digits: the same text the database renders in list_datasets_json.
+    return value.isoformat(timespec="microseconds") if value is not None else None
 
 
 def _page(query: Any, id_column: Any, limit: int, before: int | None) -> Any:
@@ -354,6 +370,93 @@ def list_datasets(
             Dataset.pipeline_id == select(Pipeline.id).where(Pipeline.name == pipeline).scalar_subquery()
         )
     return [_dataset_row(d) for d in session.execute(_page(query, Dataset.id, limit, before))]
+
+
+def dataset_page_json(
+    session: Session,
+    *,
+    state: str | None = None,
+    owner: str | None = None,
+    name: str | None = None,
+    pipeline: str | None = None,
+    limit: int = 50,
+    before: int | None = None,
+) -> str:
+    """``{"items": [...], "next": id | null}``: :func:`list_datasets`'s rows, each rendered as JSON by the database.
+
+    The API's hot path: building 50 dicts through the ORM and serializing them was two thirds
+    of a dataset-list request (bench_center); the database writes each row's JSON object
+    in a fraction of that. tests/center/test_api.py checks both give the same page.
+    """
+    query = select(Dataset.id, _dataset_json(session.get_bind().dialect).label("doc"))
+    if state:
+        query = query.where(Dataset.state == state)
+    if owner:
+        query = query.where(Dataset.owner == owner)
+    if name:
+        query = query.where(Dataset.name == name)
+    if pipeline:
+        query = query.where(
+            Dataset.pipeline_id == select(Pipeline.id).where(Pipeline.name == pipeline).scalar_subquery()
+        )
+    # Through the connection, not the ORM session: no ORM result processing for plain columns.
+    rows = session.connection().execute(_page(query, Dataset.id, limit, before)).all()
+    following = rows[-1].id if len(rows) == limit else None
+    return '{"items":[' + ",".join(row.doc for row in rows) + '],"next":' + json.dumps(following) + "}"
+
+
+_DATASET_JSON: dict[str, Any] = {}
+
+
+def _dataset_json(dialect: Dialect) -> Any:
+    """One dataset row as a JSON object, keys and values exactly as :func:`_dataset_row` makes them.
+
+    Compiled once per dialect into a literal column: built and cache-keyed on every request,
+    the expression cost more than the query.
+    """
+    if dialect.name not in _DATASET_JSON:
+        expression = _dataset_json_expression(dialect.name)
+        sql = expression.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        _DATASET_JSON[dialect.name] = literal_column(str(sql), Text)
+    return _DATASET_JSON[dialect.name]
+
+
+def _dataset_json_expression(dialect: str) -> Any:
+    if dialect == "postgresql":
+        build: Any = func.json_build_object
+
+        def iso(column: Any) -> Any:
+            return func.to_char(column, 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
+
+        pinned: Any = Dataset.pinned
+    elif dialect == "sqlite":
+        build = func.json_object
+
+        def iso(column: Any) -> Any:
+            # SQLAlchemy keeps SQLite datetimes as 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC here).
+            return func.replace(type_coerce(column, String), " ", "T").concat("+00:00")
+
+        pinned = func.json(case((Dataset.pinned, "true"), else_="false"))
+    else:
+        raise NotImplementedError(f"no JSON rendering for the {dialect} dialect")
+    fields: dict[str, Any] = {
+        "id": Dataset.id,
+        "name": Dataset.name,
+        "uri": Dataset.uri,
+        "owner": Dataset.owner,
+        "format": Dataset.format,
+        "size_bytes": Dataset.size_bytes,
+        "rows": Dataset.rows,
+        "retention": Dataset.retention,
+        "state": Dataset.state,
+        "pinned": pinned,
+        "reason": Dataset.reason,
+        "delete_after": iso(Dataset.delete_after),
+        "last_access": iso(Dataset.last_access),
+        "created_at": iso(Dataset.created_at),
+    }
+    # As text: PostgreSQL's driver would parse a json value back into Python objects.
+    return cast(build(*(part for key, value in fields.items() for part in (literal(key), value))), Text)
 
 
 def dataset_detail(session: Session, dataset_id: int) -> dict[str, Any] | None:

@@ -4,12 +4,48 @@ Nothing here imports tensorflow: the launcher (executor.py) never does either; t
 it starts (trainer.py, server.py) do.
 """
 
-from weiflow.registry import AttrDecl, ElementDecl, ModuleType, Plugin
+from collections.abc import Collection
 
-__all__ = ["CANNED_MODELS", "METRICS", "PLUGIN"]
+from weiflow.registry import AttrDecl, ElementDecl, ModuleType, Plugin
+from weiflow.spec.model import ModuleSpec
+from weiflow.spec.report import Reporter
+
+__all__ = ["CANNED_MODELS", "DC_ATTRS", "DC_LAMBDA_DEFAULTS", "METRICS", "OPTIMIZERS", "PLUGIN", "dc_attrs_mistake"]
 
 CANNED_MODELS = ("logistic", "dnn", "wide_deep", "residual_dnn")
 METRICS = ("auc", "logloss", "accuracy")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "dc-asgd")
+DC_ATTRS = ("dc-variant", "dc-lambda", "dc-mean-square-decay")
+# dc-lambda when not given. The constant variant's is MXNet's DCASGD default. The adaptive
+# variant's correction is up to learning-rate * lambda0 * |g| / sqrt(1 - decay) times the drift;
+# past 1 it undoes more than the other workers moved and feeds on itself: lambda0 = 2 made
+# 4 workers at learning rate 4 diverge in bench_dcasgd, 0.5 did not (docs/tensorflow.md, DC-ASGD).
+DC_LAMBDA_DEFAULTS = {"adaptive": 0.5, "constant": 0.04}
+
+
+def dc_attrs_mistake(optimizer: str, given: Collection[str], variant: str) -> tuple[str, str, str] | None:
+    """The first dc-* attribute in ``given`` that ``optimizer`` and ``variant`` would ignore: name, why, fix."""
+    for name in DC_ATTRS:
+        if name in given and optimizer != "dc-asgd":
+            why = f"{name} applies only to optimizer=\"dc-asgd\", not '{optimizer}'"
+            return name, why, f'set optimizer="dc-asgd", or remove {name}'
+    if "dc-mean-square-decay" in given and variant != "adaptive":
+        why = 'dc-mean-square-decay applies only to dc-variant="adaptive"'
+        return "dc-mean-square-decay", why, 'remove it, or set dc-variant="adaptive"'
+    return None
+
+
+def _check_train(module: ModuleSpec, report: Reporter) -> None:
+    optimizer, variant = module.attrs.get("optimizer"), module.attrs.get("dc-variant")
+    if any("$" in a.value for a in (optimizer, variant) if a is not None):
+        return  # templated: the executor checks the resolved values
+    mistake = dc_attrs_mistake(
+        optimizer.value if optimizer else "adagrad", module.attrs, variant.value if variant else "adaptive"
+    )
+    if mistake is not None:
+        name, why, fix = mistake
+        report.error(module.attrs[name].pos, f"module '{module.id}': {why}", fix)
+
 
 PLUGIN = Plugin(
     engine="tensorflow",
@@ -43,8 +79,30 @@ PLUGIN = Plugin(
                 AttrDecl("model", required=True, help=f"one of {', '.join(CANNED_MODELS)}, or a plug-in model"),
                 AttrDecl("label", default="label"),
                 AttrDecl("hidden-units", "ints", min=1),
-                AttrDecl("optimizer", "enum", default="adagrad", choices=("sgd", "adagrad", "adam")),
+                AttrDecl("optimizer", "enum", default="adagrad", choices=OPTIMIZERS),
                 AttrDecl("learning-rate", "float", default=0.05, min=0.0),
+                AttrDecl(
+                    "dc-variant",
+                    "enum",
+                    default="adaptive",
+                    choices=("adaptive", "constant"),
+                    help="dc-asgd: lambda scaled per element by the gradients' moving mean square (adaptive), or fixed",
+                ),
+                AttrDecl(
+                    "dc-lambda",
+                    "float",
+                    min=0.0,
+                    help="dc-asgd: strength of the delay compensation (0: plain async SGD); default "
+                    f"{DC_LAMBDA_DEFAULTS['adaptive']} (adaptive) or {DC_LAMBDA_DEFAULTS['constant']} (constant)",
+                ),
+                AttrDecl(
+                    "dc-mean-square-decay",
+                    "float",
+                    default=0.95,
+                    min=0.0,
+                    max=0.999,
+                    help="dc-asgd, adaptive: decay of the gradients' moving mean square",
+                ),
                 AttrDecl("batch-size", "int", default=512, min=1),
                 AttrDecl("steps", "int", min=1),
                 AttrDecl("epochs", "int", min=1),
@@ -52,6 +110,7 @@ PLUGIN = Plugin(
                 AttrDecl("checkpoint-every", "int", default=500, min=1),
                 AttrDecl("seed", "int", default=0, min=0),
             ),
+            check=_check_train,
         ),
         ModuleType(
             "evaluate",

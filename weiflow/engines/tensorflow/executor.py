@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import pyarrow.parquet as pq
 
 from weiflow.dag.compiler import ModulePlan
-from weiflow.engines.tensorflow import CANNED_MODELS, METRICS
+from weiflow.engines.tensorflow import CANNED_MODELS, DC_LAMBDA_DEFAULTS, METRICS, dc_attrs_mistake
 from weiflow.engines.tensorflow.cluster import (
     STOP_GRACE_S,
     ClusterBackend,
@@ -268,6 +268,12 @@ def _train(call: _Call) -> TrainedModel:
         known = [*CANNED_MODELS, *custom]
         hint = did_you_mean(attrs["model"], known) or f"models: {', '.join(known)}"
         raise ModuleFailed(ctx.node.id, module.id, f"unknown model '{attrs['model']}' ({hint})")
+    # Validation reports this for literal attributes; templated ones are only known now.
+    mistake = dc_attrs_mistake(attrs["optimizer"], module.spec.attrs, attrs["dc-variant"])
+    if mistake is not None:
+        _, why, fix = mistake
+        raise ModuleFailed(ctx.node.id, module.id, f"{why}: {fix}")
+    dc_lambda = attrs.get("dc-lambda")
     steps = attrs.get("steps")
     if steps is None:
         if samples.data.rows is None:
@@ -284,6 +290,9 @@ def _train(call: _Call) -> TrainedModel:
         custom_models={name: custom[name] for name in custom},
         optimizer=attrs["optimizer"],
         learning_rate=attrs["learning-rate"],
+        dc_variant=attrs["dc-variant"],
+        dc_lambda=DC_LAMBDA_DEFAULTS[attrs["dc-variant"]] if dc_lambda is None else dc_lambda,
+        dc_mean_square_decay=attrs["dc-mean-square-decay"],
         batch_size=attrs["batch-size"],
         steps=steps,
         checkpoint_every=attrs["checkpoint-every"],

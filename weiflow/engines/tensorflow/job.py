@@ -45,6 +45,11 @@ class TrainJob:
     custom_models: dict[str, str] = field(default_factory=dict)  # model name -> "module:callable"
     optimizer: str = "adagrad"
     learning_rate: float = 0.05
+    # optimizer "dc-asgd" only: "adaptive" or "constant"; lambda (None: the variant's default); the
+    # adaptive variant's mean-square decay
+    dc_variant: str = "adaptive"
+    dc_lambda: float | None = None
+    dc_mean_square_decay: float = 0.95
     batch_size: int = 512
     steps: int = 1000
     checkpoint_every: int = 500

@@ -6,7 +6,9 @@ not Keras models, because Keras 3 does not train under ``ParameterServerStrategy
 variables made inside the strategy's scope live on the parameter servers.
 
 A custom model is a callable ``build(inputs: list[FeatureInput], attrs: dict) -> tf.Module``
-whose module is callable the same way. Plug-ins name it in their ``Plugin(models=...)``.
+whose module is callable the same way. Plug-ins name it in their ``Plugin(models=...)``. To
+train with ``optimizer="dc-asgd"`` the module also needs ``call_with_reads(features)``, which
+returns the logits and a :class:`Read` of every variable the pass used (see ``CannedModel``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["CANNED", "FeatureInput", "build_model"]
+__all__ = ["CANNED", "FeatureInput", "Read", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,20 @@ class FeatureInput:
     @property
     def dtype(self) -> tf.DType:
         return tf.int64 if self.categorical else tf.float32
+
+
+@dataclass(frozen=True)
+class Read:
+    """What one forward pass read from a variable, for an optimizer that needs it (dc-asgd).
+
+    ``value`` is the whole variable as read or, with ``indices``, the rows gathered at them
+    (shape ``indices.shape + variable.shape[1:]``). It must be the very tensor the pass computed
+    with: under asynchronous training a second read may already see other workers' updates.
+    """
+
+    variable: tf.Variable
+    value: tf.Tensor
+    indices: tf.Tensor | None = None
 
 
 def _glorot(shape: Sequence[int], seed: int) -> tf.Tensor:
@@ -58,8 +74,8 @@ class _Packed:
 
     On a parameter-server cluster every variable a step touches costs a transfer each way,
     so the canned models keep two variables in all: one table for every categorical id and
-    one vector for every dense weight. The optimizers are elementwise (sgd, adagrad, adam),
-    so packing changes no arithmetic.
+    one vector for every dense weight. The optimizers are elementwise (sgd, adagrad, adam,
+    dc-asgd), so packing changes no arithmetic.
     """
 
     def __init__(self) -> None:
@@ -133,12 +149,18 @@ class CannedModel(tf.Module):
         self.packed.initial = []  # the variable holds them now
 
     def __call__(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        return self.call_with_reads(features)[0]
+
+    def call_with_reads(self, features: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, list[Read]]:
+        """The logits, and what this pass read: the dense vector whole, the table's gathered rows only."""
         flat = tf.convert_to_tensor(self.dense)  # one read of every dense weight per step
+        reads = [Read(self.dense, flat)]
         reals = tf.stack([features[n] for n in self.reals], 1) if self.reals else None
         rows = None
         if self.categorical:
             ids = tf.stack([features[n] + o for n, o in zip(self.categorical, self.offsets, strict=True)], 1)
-            rows = tf.nn.embedding_lookup(self.table, ids)  # [batch, features, wide + dim]: one gather
+            rows = tf.gather(self.table, ids)  # [batch, features, wide + dim]: one gather, on the table's PS
+            reads.append(Read(self.table, rows, ids))
         logit = tf.zeros([tf.shape(next(iter(features.values())))[0]])
         if self.wide:
             logit += self.packed.get(flat, "wide/bias")
@@ -159,7 +181,7 @@ class CannedModel(tf.Module):
                 )
                 x = x + y if self.residual and i > 0 else y
             logit += tf.squeeze(x @ self.packed.get(flat, "logit/kernel"), 1) + self.packed.get(flat, "logit/bias")
-        return logit
+        return logit, reads
 
 
 Builder = Callable[[list[FeatureInput], dict[str, Any]], tf.Module]

@@ -28,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
+from weiflow.engines.tensorflow import DC_LAMBDA_DEFAULTS
+from weiflow.engines.tensorflow.dcasgd import DelayCompensatedSGD, require_reads
 from weiflow.engines.tensorflow.job import InputData, TrainJob
 from weiflow.engines.tensorflow.models import FeatureInput, build_model
 
@@ -169,6 +171,14 @@ def _optimizer(job: TrainJob) -> Any:
         return v1.AdagradOptimizer(job.learning_rate)
     if job.optimizer == "adam":
         return v1.AdamOptimizer(job.learning_rate)
+    if job.optimizer == "dc-asgd":
+        dc_lambda = DC_LAMBDA_DEFAULTS[job.dc_variant] if job.dc_lambda is None else job.dc_lambda
+        return DelayCompensatedSGD(
+            job.learning_rate,
+            dc_lambda,
+            adaptive=job.dc_variant == "adaptive",
+            decay=job.dc_mean_square_decay,
+        )
     raise ValueError(f"unknown optimizer '{job.optimizer}'")
 
 
@@ -213,12 +223,23 @@ def train(job: TrainJob) -> dict[str, Any]:
     restored = manager.restore_or_initialize()
     start = int(step.numpy())
     variables = model.trainable_variables
+    compensated = isinstance(optimizer, DelayCompensatedSGD)
+    if compensated:
+        require_reads(model, job.model)
 
     def step_fn(features: dict[str, tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            logits = model(features)
+            if compensated:
+                logits, reads = model.call_with_reads(features)
+            else:
+                logits = model(features)
             loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        grads_and_vars = zip(tape.gradient(loss, variables), variables, strict=True)
+        if compensated:
+            # The reads are what this step's forward pass computed with: the weights' backup.
+            optimizer.apply_compensated(grads_and_vars, reads)
+        else:
+            optimizer.apply_gradients(grads_and_vars)
         return loss
 
     def steps(next_step: Callable[[], tf.Tensor], loops: tf.Tensor, unroll: int) -> tf.Tensor:

@@ -27,28 +27,19 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from weiflow.airflow.runs import given_params, run_date
 from weiflow.processes import stop_groups
 
 __all__ = ["WeiflowNodeOperator"]
 
 EXIT_USAGE = 2
 EXIT_CANCELLED = 130
-
-
-def _text(value: Any) -> str:
-    """A param value as ``run-node --param`` reads it (JSON booleans are true/false there)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime | date):
-        return value.isoformat()[:10]
-    return str(value)
 
 
 class WeiflowNodeOperator(BaseOperator):
@@ -64,6 +55,9 @@ class WeiflowNodeOperator(BaseOperator):
     """
 
     ui_color = "#dbe9f6"
+    # A template field is part of the serialized DAG: WeiFlow's run listener, in the scheduler,
+    # reads the spec of a DAG run from it to report the whole run to the control center.
+    template_fields: Sequence[str] = ("spec",)
 
     def __init__(
         self,
@@ -86,14 +80,11 @@ class WeiflowNodeOperator(BaseOperator):
 
     def command_line(self, context: Context) -> list[str]:
         """The ``run-node`` command for this task instance."""
-        logical = context.get("logical_date") or context["dag_run"].run_after  # None on some manual runs
+        ds = run_date(context.get("logical_date"), context["dag_run"].run_after)  # no logical date on some manual runs
         argv = [*self.weiflow_command, "run-node", self.spec, "--node", self.node, "--run-id", context["run_id"]]
-        argv += ["--ds", _text(logical)]
-        params = context.get("params") or {}
-        for name in self.spec_params:
-            value = params.get(name)
-            if value is not None and value != "":
-                argv += ["--param", f"{name}={_text(value)}"]
+        argv += ["--ds", ds]
+        for name, value in given_params(context.get("params") or {}, self.spec_params).items():
+            argv += ["--param", f"{name}={value}"]
         argv += ["--attempt", str(context["ti"].try_number)]
         return argv
 

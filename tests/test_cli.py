@@ -135,6 +135,19 @@ def test_run_node_chain_like_airflow(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "has no node 'stat' did you mean 'stats'?" in unknown.stderr
 
 
+def test_run_node_alone_announces_the_whole_run_with_every_dataset(tmp_path: Path) -> None:
+    spec = str(EXAMPLES / "user_activity_report.xml")
+    result = weiflow("run-node", spec, "--node", "ingest", "--run-id", "af1", "--ds", "2026-11-20", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = read_events(tmp_path / "var" / "runs" / "user_activity_report" / "af1.jsonl")
+    assert [e.kind for e in events[:2]] == ["run.started", "node.started"]
+    # Also the datasets only the later nodes read or write: the center protects them from the first node on.
+    storage = f"file://{tmp_path / 'var' / 'storage' / 'user_activity'}"
+    assert events[0].detail["uses"] == [f"{storage}/{name}/2026-11-20" for name in ("events", "report", "stats")]
+    assert events[0].detail["upstream"] == {"ingest": [], "stats": ["ingest"], "report": ["stats"]}
+    assert events[0].attempt is None and "queued" not in events[0].detail  # a node never claims the run's attempt
+
+
 def test_bad_param_is_a_usage_error(tmp_path: Path) -> None:
     result = weiflow("run", str(EXAMPLES / "user_activity_report.xml"), "--param", "users=many", cwd=tmp_path)
     assert result.returncode == 2

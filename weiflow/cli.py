@@ -24,9 +24,19 @@ from weiflow.config import Settings, load_settings
 from weiflow.dag import Dag, check_file, compile_file, dag_to_dict, to_dot, to_text
 from weiflow.errors import ConfigError, SpecError, WeiflowError
 from weiflow.registry import default_registry
-from weiflow.runtime import Executor, RunContext, new_run_id, parse_param_overrides, run_node, run_pipeline
+from weiflow.runtime import (
+    Executor,
+    RunContext,
+    center_trackers,
+    new_run_id,
+    parse_param_overrides,
+    run_node,
+    run_pipeline,
+    run_started_detail,
+    run_tracker,
+)
 from weiflow.spec import did_you_mean
-from weiflow.tracking import CenterTracker, FanoutTracker, JsonlTracker, Tracker, run_log_path
+from weiflow.tracking import CenterTracker, EventKind
 
 __all__ = ["main"]
 
@@ -137,28 +147,10 @@ def _cmd_graph(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _tracker(settings: Settings, dag: Dag, run_id: str) -> tuple[Tracker, Path]:
-    path = run_log_path(settings.runs_dir, dag.name, run_id)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create the run log directory {path.parent} (var_dir): {exc.strerror or exc}"
-        ) from None
-    tracker: Tracker = JsonlTracker(path)
-    if settings.center_url:
-        # The run log stays the local record; the center gets the same events through its spool.
-        tracker = FanoutTracker(
-            tracker, CenterTracker(settings.center_url, settings.spool_dir, token=settings.center_token)
-        )
-    return tracker, path
-
-
 def _flush_center(run: RunContext) -> None:
     """Try once more to hand the run's events to the center; what stays spooled goes later."""
-    trackers = run.tracker.trackers if isinstance(run.tracker, FanoutTracker) else (run.tracker,)
-    for tracker in trackers:
-        if isinstance(tracker, CenterTracker) and not tracker.flush():
+    for tracker in center_trackers(run.tracker):
+        if not tracker.flush():
             print(
                 f"weiflow: control center not reachable ({tracker.last_error}); {len(tracker.pending())} event(s) "
                 f"kept in {tracker.spool_dir}, sent with the next run or 'weiflow center push'",
@@ -201,7 +193,7 @@ def _run_context(args: argparse.Namespace, settings: Settings) -> tuple[RunConte
             raise ConfigError(f"--ds '{args.ds}': expected YYYY-MM-DD") from None
     overrides = parse_param_overrides(args.param)
     run_id = args.run_id or new_run_id()
-    tracker, log_path = _tracker(settings, dag, run_id)
+    tracker, log_path = run_tracker(settings, dag.name, run_id)
     run = RunContext.create(dag, settings=settings, tracker=tracker, run_id=run_id, ds=ds, overrides=overrides)
     return run, log_path
 
@@ -231,6 +223,10 @@ def _cmd_run_node(args: argparse.Namespace, settings: Settings) -> int:
     except KeyError:
         hint = did_you_mean(args.node, [n.id for n in run.dag.nodes]) or ""
         raise ConfigError(f"{args.file}: pipeline '{run.dag.name}' has no node '{args.node}' {hint}".strip()) from None
+    # Every node of a run announces the whole run, with every dataset any of its nodes uses: the
+    # center then protects the inputs of later nodes from the first one on, even when nothing else
+    # (WeiFlow's Airflow listener) reports the run. The center applies repeats idempotently.
+    run.event(EventKind.RUN_STARTED, detail=run_started_detail(run))
     with _Cancellation() as cancellation:
         try:
             run_node(run, args.node, attempt=args.attempt, on_executor=cancellation.attach)

@@ -168,26 +168,79 @@ class CenterTracker:
     the events wait in the spool and go with the next delivery (the next event after
     ``retry_s``, :meth:`flush`, or ``weiflow center push``). Several processes may share a
     spool; an event sent twice is ingested once, by its id.
+
+    ``background=True`` is for a long-lived host process that must never wait for the network
+    (Airflow's scheduler, which emits run events from inside its scheduling loop): ``emit`` only
+    spools, and a daemon thread delivers. Whatever that thread has not delivered when the process
+    exits stays in the spool for the next delivery.
     """
 
     BATCH = 500
 
     def __init__(
-        self, url: str, spool_dir: Path, *, token: str | None = None, timeout_s: float = 2.0, retry_s: float = 30.0
+        self,
+        url: str,
+        spool_dir: Path,
+        *,
+        token: str | None = None,
+        timeout_s: float = 2.0,
+        retry_s: float = 30.0,
+        background: bool = False,
     ) -> None:
         self.url = url.rstrip("/") + "/api/v1/events"
         self.spool_dir = spool_dir
         self.token = token
         self.timeout_s = timeout_s
         self.retry_s = retry_s
+        self.background = background
         self._lock = threading.Lock()
+        self._courier_lock = threading.Lock()
         self._down_until = 0.0  # after a failed delivery, do not make every event wait for a timeout
         self.last_error: str | None = None
+        self._courier: threading.Thread | None = None
+        self._again = False  # an event was spooled while the courier was delivering
 
     def emit(self, event: Event) -> None:
         self._spool(event)
-        if time.monotonic() >= self._down_until:
+        if time.monotonic() < self._down_until:
+            return
+        if self.background:
+            self._deliver_in_background()
+        else:
             self.flush()
+
+    def _deliver_in_background(self) -> None:
+        with self._courier_lock:
+            if self._courier is not None:
+                self._again = True
+                return
+            self._courier = threading.Thread(target=self._courier_loop, name="weiflow-center-delivery", daemon=True)
+            self._courier.start()
+
+    def _courier_loop(self) -> None:
+        while True:
+            try:
+                self.flush()
+            except Exception:  # whatever happens, free the courier's slot below, or delivery would stop for good
+                log.exception("delivering events to the control center at %s failed", self.url)
+            with self._courier_lock:
+                # Stop when nothing new came, or when the center just proved down: the spool keeps it.
+                if not self._again or time.monotonic() < self._down_until:
+                    self._again = False
+                    self._courier = None
+                    return
+                self._again = False
+
+    def wait_delivered(self, timeout_s: float = 10.0) -> bool:
+        """Wait for the background delivery in progress, if any; True when none is left running."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._courier_lock:
+                courier = self._courier
+            if courier is None:
+                return True
+            courier.join(max(0.0, min(0.1, deadline - time.monotonic())))
+        return False
 
     def _spool(self, event: Event) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)

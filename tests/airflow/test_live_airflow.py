@@ -42,7 +42,8 @@ def test_specs_are_dags_pools_assets_and_import_errors(live_airflow: Live) -> No
 
 def test_trigger_with_params_through_the_rest_api(live_airflow: Live) -> None:
     api = live_airflow.api
-    api.call("PATCH", "/api/v2/dags/user_activity_report", {"is_paused": False})
+    # Paused, whatever an earlier test (the browser's) did with this session's Airflow.
+    api.call("PATCH", "/api/v2/dags/user_activity_report", {"is_paused": True})
     run = api.call(
         "POST",
         "/api/v2/dags/user_activity_report/dagRuns",
@@ -50,9 +51,20 @@ def test_trigger_with_params_through_the_rest_api(live_airflow: Live) -> None:
         # that unpausing starts.
         {"logical_date": "2026-11-10T00:00:00Z", "conf": {"users": 25, "min_events": 1}},
     )
+    log = run_log_path(live_airflow.var_dir / "runs", "user_activity_report", run["dag_run_id"])
+    # The DAG is paused: the run waits in Airflow's queue, and the control center hears of it
+    # (with every dataset it will use) from WeiFlow's listener in the scheduler.
+    queued = api.wait_for("the queued run's announcement", lambda: log.exists() and read_events(log), 60)
+    assert (queued[0].kind, queued[0].detail.get("queued"), queued[0].attempt) == ("run.started", True, 1)
+    report = live_airflow.var_dir / "storage" / "user_activity" / "report" / "2026-11-10"
+    assert f"file://{report}" in queued[0].detail["uses"] and queued[0].detail["params"]["users"] == "25"
+    api.call("PATCH", "/api/v2/dags/user_activity_report", {"is_paused": False})
     assert api.wait_run("user_activity_report", run["dag_run_id"]) == "success"
-    events = read_events(run_log_path(live_airflow.var_dir / "runs", "user_activity_report", run["dag_run_id"]))
+    events = read_events(log)
     assert [e.node for e in events if e.kind == "node.succeeded"] == ["ingest", "stats", "report"]
+    lifecycle = [(e.kind, e.detail.get("queued"), e.attempt) for e in events if e.kind.startswith("run.")]
+    assert lifecycle[:2] == [("run.started", True, 1), ("run.started", None, 1)]  # queued, then started
+    assert lifecycle[-1] == ("run.succeeded", None, 1) and events[-1].kind == "run.succeeded"
     day_dir = live_airflow.var_dir / "storage" / "user_activity" / "events" / "2026-11-10"
     uids = {json.loads(line)["uid"] for part in day_dir.glob("part-*") for line in part.read_text().splitlines()}
     assert uids and max(int(uid[1:]) for uid in uids) < 25  # the run's users=25, not the default 200
@@ -74,3 +86,10 @@ def test_marking_a_running_task_failed_stops_its_node(live_airflow: Live) -> Non
     assert api.get(task)["state"] == "failed"
     events = read_events(run_log_path(live_airflow.var_dir / "runs", "slow_node", run_id))
     assert [(e.kind, e.error) for e in events if e.kind == "node.failed"] == [("node.failed", "cancelled")]
+    # The DAG run fails with its task (maybe before the killed node has written its end), and the
+    # run's end names the task.
+    assert api.wait_run("slow_node", run_id, timeout=120) == "failed"
+    events = read_events(run_log_path(live_airflow.var_dir / "runs", "slow_node", run_id))
+    assert [(e.kind, e.error) for e in events if e.kind.startswith("run.") and e.kind != "run.started"] == [
+        ("run.failed", "failed task: wait")
+    ]

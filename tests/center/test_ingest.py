@@ -5,14 +5,14 @@ from __future__ import annotations
 import textwrap
 import uuid
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center.ingest import ingest_events, parse_events
-from weiflow.center.models import Dataset, DatasetRead, IngestedEvent, ModuleRun, NodeRun, Run
+from weiflow.center.models import Dataset, DatasetRead, IngestedEvent, ModuleRun, NodeRun, Run, RunUse
 from weiflow.center.repository import dataset_detail, list_datasets, list_models, list_runs, run_detail
 from weiflow.config import load_settings
 from weiflow.dag import compile_file
@@ -144,3 +144,63 @@ def test_metrics_and_model_versions_are_recorded(sessions: sessionmaker[Session]
         assert detail is not None
         assert {(m["name"], m["value"]) for m in detail["metrics"]} == {("auc", 0.71), ("loss.train", 0.3)}
         assert list_models(session)[0]["versions"][0]["deployed"] is True
+
+
+# --- a run announced by several reporters (run-node at every node, Airflow's listener) ------------
+
+A, B, C = "file:///s/raw/2026-11-02", "file:///s/rates", "file:///s/report/2026-11-02"
+
+
+def at(minutes: float) -> str:
+    return (datetime(2026, 11, 2, tzinfo=UTC) + timedelta(minutes=minutes)).isoformat()
+
+
+def started(minutes: float, uses: list[str], *, attempt: int | None = None, queued: bool = False) -> Event:
+    detail: dict[str, object] = {"uses": uses, "upstream": {"make": [], "report": ["make"]}}
+    if queued:
+        detail["queued"] = True
+    return Event(EventKind.RUN_STARTED, "r", "p", attempt=attempt, ts=at(minutes), detail=detail)
+
+
+def ended(minutes: float, attempt: int, *, ok: bool) -> Event:
+    kind = EventKind.RUN_SUCCEEDED if ok else EventKind.RUN_FAILED
+    return Event(kind, "r", "p", attempt=attempt, ts=at(minutes), error=None if ok else "failed task: report")
+
+
+def the_run(session: Session) -> tuple[str, str | None, datetime | None, set[str]]:
+    run = session.scalars(select(Run)).one()
+    uses = set(session.scalars(select(RunUse.uri).where(RunUse.run_pk == run.id)))
+    return run.state, run.error, run.started_at, uses
+
+
+def test_a_run_announced_many_times_in_any_order_is_one_run(sessions: sessionmaker[Session]) -> None:
+    node = Event(EventKind.NODE_STARTED, "r", "p", node="make", attempt=1, ts=at(2), detail={"reads": {"raw": A}})
+    with sessions() as session:
+        ingest_events(session, [started(0, [A, B, C], attempt=1, queued=True)])
+        assert the_run(session)[0] == "queued"  # protects its datasets before any task starts
+        # A node's start and its run-node's announcement, then the listener's 'running' delivered late.
+        ingest_events(session, [node, started(2, [A, B, C]), started(1, [A, B, C], attempt=1)])
+        ingest_events(session, [started(0.5, [A, B, C], attempt=1, queued=True)])  # a late 'queued' again
+        state, _, since, uses = the_run(session)
+        assert (state, since, uses) == ("running", datetime.fromisoformat(at(0)), {A, B, C})
+        assert session.scalar(select(func.count()).select_from(Run)) == 1
+        assert session.scalar(select(func.count()).select_from(RunUse)) == 3
+
+
+def test_a_cleared_run_is_reopened_and_late_ends_of_earlier_attempts_ignored(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        ingest_events(session, [started(0, [A, B], attempt=1), ended(5, 1, ok=False)])
+        assert the_run(session)[:2] == ("failed", "failed task: report")
+        ingest_events(session, [started(4, [A, B])])  # a node's late announcement never reopens a run
+        assert the_run(session)[0] == "failed"
+        # Airflow cleared it: queued again, then running, as attempt 2; its datasets are protected again.
+        ingest_events(session, [started(10, [A, B, C], attempt=2, queued=True)])
+        assert the_run(session) == ("queued", None, datetime.fromisoformat(at(10)), {A, B, C})
+        ingest_events(session, [started(11, [A, B, C], attempt=2)])
+        ingest_events(session, [ended(5, 1, ok=False)])  # attempt 1's end from another spool, late
+        assert the_run(session)[0] == "running"
+        ingest_events(session, [ended(20, 2, ok=True)])
+        assert the_run(session)[:2] == ("succeeded", None)
+        assert session.scalar(select(Run.duration_s)) == 600.0  # attempt 2's time
+        ingest_events(session, [ended(19, 2, ok=False)])  # an older end (say, before a manual 'mark success')
+        assert the_run(session)[0] == "succeeded"

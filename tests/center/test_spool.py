@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -92,3 +93,26 @@ def test_redelivery_after_a_lost_acknowledgement_counts_once(
         tracker._spool(event)
         assert tracker.flush()
     assert count(sessions, IngestedEvent) == 1
+
+
+def test_background_delivery_never_makes_emit_wait(sessions: sessionmaker[Session], token: str, tmp_path: Path) -> None:
+    # A center that accepts connections and never answers: the worst case for a caller that waits.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        tracker = CenterTracker(url, tmp_path / "spool", token=token, timeout_s=1, background=True)
+        started = time.monotonic()
+        for i in range(3):
+            tracker.emit(Event(EventKind.RUN_STARTED, f"r{i}", "p"))
+        assert time.monotonic() - started < 0.5  # spooled; the courier thread waits, not the caller
+        assert tracker.wait_delivered(10) and len(tracker.pending()) == 3 and tracker.last_error
+    finally:
+        silent.close()
+    port = free_port()
+    tracker = CenterTracker(f"http://127.0.0.1:{port}", tmp_path / "spool", token=token, background=True)
+    with Server(sessions, port):
+        tracker.emit(Event(EventKind.RUN_STARTED, "r3", "p"))  # delivers what waited too
+        assert tracker.wait_delivered(10)
+    assert tracker.pending() == [] and count(sessions, Run) == 4

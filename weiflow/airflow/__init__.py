@@ -7,7 +7,9 @@ This package imports Airflow; nothing in WeiFlow's core imports it (an import-li
 - :func:`load_dag` and :func:`load_dags` compile specs and build their DAGs;
 - ``weiflow.airflow.bundle.SpecBundle`` is the Airflow DAG bundle that gives each spec a DAG
   file of its own, so that an invalid spec is an import error of its own;
-- ``python -m weiflow.airflow`` starts a local Airflow and creates the priority pools.
+- ``python -m weiflow.airflow`` starts a local Airflow and creates the priority pools;
+- ``weiflow.airflow.plugin.WeiFlowRunsPlugin`` registers :mod:`weiflow.airflow.listener`, which
+  reports each DAG run's lifecycle (queued, running, ended) to the control center.
 """
 
 from weiflow.airflow.loader import LoadResult, load_dag, load_dags

@@ -71,7 +71,8 @@ _JSON_TYPES: Mapping[str, str] = {
 }
 
 # What an operator class (or any factory) must accept to run one node: Airflow's own
-# BaseOperator keyword arguments plus ``spec``, ``node`` and ``spec_params``.
+# BaseOperator keyword arguments plus ``spec``, ``node`` and ``spec_params``. Keep ``spec`` among
+# its template fields: that puts it in the serialized DAG, where WeiFlow's run listener finds it.
 NodeOperatorFactory = Callable[..., BaseOperator]
 
 

@@ -5,6 +5,14 @@ come from several processes (parallel Airflow tasks) and from spools delivered l
 ``node.succeeded`` may arrive before its ``node.started``, or a run's first event may be a
 node's. Rows are created on first mention, and a state never moves back from an end state
 to ``running`` for the same attempt.
+
+A run may be announced many times (``weiflow run-node`` announces it at every node, WeiFlow's
+Airflow listener when Airflow queues it and when Airflow starts it): a ``run.started`` marked
+``queued`` never moves a running run back to queued, and one that comes after the run ended
+leaves it ended, unless it names a run attempt (an orchestrator's count of how often it started
+the run: Airflow's clear number + 1) and was emitted after the end: Airflow was told to run it
+again (a cleared run), and its datasets need protecting again. Likewise an end emitted before
+the run's latest (re)start belongs to an earlier attempt and is ignored.
 """
 
 from __future__ import annotations
@@ -107,6 +115,7 @@ class _Applier:
         self.s = session
         self.e = event
         self.ts = _ts(event)
+        self.new_run = False  # whether this event's run row was created by this event
 
     def apply(self) -> None:
         kind = self.e.kind
@@ -114,12 +123,7 @@ class _Applier:
         if kind is EventKind.RUN_STARTED:
             self._run_started(run)
         elif kind in (EventKind.RUN_SUCCEEDED, EventKind.RUN_FAILED):
-            if run.started_at is None:
-                run.started_at = self.ts
-            run.state = _END_STATE[kind]
-            run.ended_at = self.ts
-            run.error = self.e.error
-            run.duration_s = (self.ts - run.started_at).total_seconds()
+            self._run_ended(run)
         elif kind is EventKind.NODE_STARTED:
             self._node_started(run)
         elif kind in (EventKind.NODE_SUCCEEDED, EventKind.NODE_FAILED, EventKind.NODE_SKIPPED):
@@ -173,6 +177,7 @@ class _Applier:
     def _run(self) -> Run:
         pipeline = self._pipeline()
         run = self.s.scalar(select(Run).where(Run.pipeline_id == pipeline.id, Run.run_id == self.e.run_id))
+        self.new_run = run is None
         if run is None:
             run = Run(run_id=self.e.run_id, pipeline_id=pipeline.id, state=State.RUNNING, started_at=self.ts)
             run.params, run.upstream = {}, {}
@@ -193,13 +198,32 @@ class _Applier:
         return run
 
     def _run_started(self, run: Run) -> None:
-        if run.state not in _ENDED:
-            run.state = State.QUEUED if self.e.detail.get("queued") else State.RUNNING
-        run.started_at = min(run.started_at or self.ts, self.ts)
+        queued = bool(self.e.detail.get("queued"))
+        if run.state in _ENDED and self.e.attempt is not None and run.ended_at is not None and self.ts > run.ended_at:
+            # Started again after it ended (Airflow cleared it): a new attempt, to protect and to time.
+            run.state = State.QUEUED if queued else State.RUNNING
+            run.started_at, run.ended_at, run.error, run.duration_s = self.ts, None, None, None
+        else:
+            if run.state not in _ENDED and (not queued or self.new_run):
+                # A 'queued' only describes a run nothing said was running yet: a late one never undoes a start.
+                run.state = State.QUEUED if queued else State.RUNNING
+            run.started_at = min(run.started_at or self.ts, self.ts)
         run.params = dict(self.e.detail.get("params", {}))
         run.upstream = {**run.upstream, **self.e.detail.get("upstream", {})}
         for uri in self.e.detail.get("uses", []):
             self._use(run, str(uri))
+
+    def _run_ended(self, run: Run) -> None:
+        if run.ended_at is not None and self.ts < run.ended_at:
+            return  # a later end is already recorded (a run marked success after it failed, say)
+        if self.e.attempt is not None and run.started_at is not None and self.ts < run.started_at:
+            return  # the end of an attempt before the one now recorded (delivered late)
+        if run.started_at is None:
+            run.started_at = self.ts
+        run.state = _END_STATE[self.e.kind]
+        run.ended_at = self.ts
+        run.error = self.e.error
+        run.duration_s = (self.ts - run.started_at).total_seconds()
 
     def _use(self, run: Run, uri: str) -> None:
         exists = self.s.scalar(select(RunUse.id).where(RunUse.run_pk == run.id, RunUse.uri == uri))

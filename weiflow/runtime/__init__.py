@@ -12,7 +12,8 @@ from weiflow.runtime.context import (
     parse_param_overrides,
 )
 from weiflow.runtime.executor import Executor
-from weiflow.runtime.runner import NodeState, RunResult, check_inputs, run_node, run_pipeline
+from weiflow.runtime.runner import NodeState, RunResult, check_inputs, run_node, run_pipeline, run_started_detail
+from weiflow.runtime.trackers import center_trackers, run_tracker
 
 __all__ = [
     "Executor",
@@ -21,9 +22,12 @@ __all__ = [
     "ResolvedDataset",
     "RunContext",
     "RunResult",
+    "center_trackers",
     "check_inputs",
     "new_run_id",
     "parse_param_overrides",
     "run_node",
     "run_pipeline",
+    "run_started_detail",
+    "run_tracker",
 ]

@@ -17,7 +17,7 @@ from weiflow.runtime.executor import Executor
 from weiflow.storage import exists, is_complete
 from weiflow.tracking import EventKind
 
-__all__ = ["NodeState", "RunResult", "run_node", "run_pipeline"]
+__all__ = ["NodeState", "RunResult", "run_node", "run_pipeline", "run_started_detail"]
 
 log = logging.getLogger("weiflow.runtime")
 
@@ -93,6 +93,23 @@ def node_started_detail(run: RunContext, node: NodePlan) -> dict[str, Any]:
     }
 
 
+def run_started_detail(run: RunContext) -> dict[str, Any]:
+    """What the control center needs from a run start, whoever reports it (``weiflow run``, each
+    ``run-node`` of an Airflow run, WeiFlow's Airflow listener): the params, the outer DAG, the
+    spec version, and every dataset URI any node of the run will read or write, so the center
+    protects them all from the start, not only from when the node that uses one starts."""
+    dag = run.dag
+    return {
+        "params": {k: str(v) for k, v in run.params.items()},
+        "nodes": [n.id for n in dag.nodes],
+        "spec_sha256": dag.spec.sha256,
+        "owner": dag.spec.owner,
+        "priority": dag.spec.priority,
+        "upstream": {n.id: n.upstream for n in dag.nodes},  # the outer DAG, drawn before nodes start
+        "uses": sorted({run.datasets[name].uri for n in dag.nodes for name in (*n.reads, *n.writes)}),
+    }
+
+
 def run_node(
     run: RunContext,
     node_id: str,
@@ -146,19 +163,7 @@ def run_pipeline(
     """
     dag = run.dag
     result = RunResult(run.run_id)
-    run.event(
-        EventKind.RUN_STARTED,
-        detail={
-            "params": {k: str(v) for k, v in run.params.items()},
-            "nodes": [n.id for n in dag.nodes],
-            "spec_sha256": dag.spec.sha256,
-            "owner": dag.spec.owner,
-            "priority": dag.spec.priority,
-            "upstream": {n.id: n.upstream for n in dag.nodes},  # the outer DAG, drawn before nodes start
-            # Every dataset the run will read or write: the center never deletes them while it runs.
-            "uses": sorted({run.datasets[name].uri for n in dag.nodes for name in (*n.reads, *n.writes)}),
-        },
-    )
+    run.event(EventKind.RUN_STARTED, detail=run_started_detail(run))
     for node in dag.nodes:
         blocked = [u for u in node.upstream if result.states.get(u) is not NodeState.SUCCEEDED]
         if blocked:

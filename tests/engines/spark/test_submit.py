@@ -411,6 +411,7 @@ def test_run_node_through_spark_submit_commits_and_relays_events(
     assert json.loads((out / SUCCESS_MARKER).read_text())["rows"] == 6
     events = read_events(tmp_path / "var" / "runs" / "sub" / "r1.jsonl")
     assert [(str(e.kind), e.module) for e in events] == [
+        ("run.started", None),  # run-node announces the whole run before its node
         ("node.started", None),
         ("module.started", "read"),
         ("module.succeeded", "read"),

@@ -192,7 +192,7 @@ def live_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         password="s3cret-for-tests",
         database_url=f"sqlite:///{home / 'airflow.db'}",
         refresh_interval=5,
-        # WeiFlow's run listener (a plugin LocalAirflow installs) looks for queued runs every second.
+        # WeiFlow's run listener (weiflow's airflow.plugins entry point) looks for queued runs every second.
         extra_env={"AIRFLOW__WEIFLOW__QUEUED_RUNS_POLL_INTERVAL": "1"},
     )
     airflow.prepare()

@@ -11,7 +11,7 @@ import pytest
 
 import weiflow.airflow
 from weiflow.airflow.__main__ import main
-from weiflow.airflow.local import LOCAL_SETTINGS, RUNS_PLUGIN, LocalAirflow
+from weiflow.airflow.local import LOCAL_SETTINGS, LocalAirflow
 
 
 def local(tmp_path: Path, **kwargs: object) -> LocalAirflow:
@@ -50,18 +50,6 @@ def test_local_settings_preload_weiflow_but_leave_a_users_file_alone(tmp_path: P
     path.write_text("def task_policy(task): ...\n")
     airflow.write_local_settings()
     assert path.read_text() == "def task_policy(task): ...\n"
-
-
-def test_the_runs_plugin_goes_to_the_plugins_folder_but_a_users_file_is_left_alone(tmp_path: Path) -> None:
-    airflow = local(tmp_path)
-    path = airflow.write_runs_plugin()
-    assert path == tmp_path / "home" / "plugins" / "weiflow_runs.py" and path.read_text() == RUNS_PLUGIN
-    assert airflow.env(base={})["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(path.parent)
-    own = airflow.env(base={"AIRFLOW__CORE__PLUGINS_FOLDER": "/srv/airflow/plugins"})
-    assert own["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/srv/airflow/plugins"
-    path.write_text("# my own plugin\n")
-    airflow.write_runs_plugin()
-    assert path.read_text() == "# my own plugin\n"
 
 
 def test_setup_creates_the_priority_pools(airflow_db: Path) -> None:

@@ -27,7 +27,6 @@ from sqlalchemy import select
 
 from tests.conftest import REPO
 from weiflow.airflow.listener import RUN_LISTENER, QueuedRunWatcher
-from weiflow.airflow.local import RUNS_PLUGIN
 from weiflow.center.db import make_engine, make_sessionmaker, migrate
 from weiflow.center.ingest import ingest_events
 from weiflow.center.models import Run, RunUse
@@ -260,10 +259,9 @@ def test_the_watcher_polls_in_the_scheduler_only(monkeypatch: pytest.MonkeyPatch
         watcher.stop()
 
 
-def test_airflows_plugins_manager_registers_the_listener(tmp_path: Path) -> None:
+def test_airflow_registers_the_listener_from_weiflows_entry_point_alone(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "weiflow_runs.py").write_text(RUNS_PLUGIN)
+    plugins.mkdir()  # empty: the listener comes from the airflow.plugins entry point of weiflow's package
     check = textwrap.dedent("""
         from airflow.listeners.listener import get_listener_manager
         from weiflow.airflow.listener import RUN_LISTENER

@@ -28,8 +28,8 @@ created or queued (``DagRun.notify_dagrun_state_changed`` deliberately skips QUE
 watcher polls Airflow's database for queued runs instead, every
 ``[weiflow] queued_runs_poll_interval`` seconds (default 15; 0 turns it off).
 
-Enable it with the plugin (:mod:`weiflow.airflow.plugin`) in the scheduler's and the API
-server's plugins folder; docs/airflow.md says how.
+The plugin (:mod:`weiflow.airflow.plugin`) registers it; Airflow loads that plugin through
+weiflow's ``airflow.plugins`` entry point (docs/airflow.md).
 """
 
 from __future__ import annotations

@@ -10,9 +10,7 @@ Three Airflow 3 components, each its own process (and process group), all bound 
 ``AIRFLOW_HOME`` is ``<var_dir>/airflow``; metadata go to SQLite there unless
 ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` names another database (PostgreSQL). The simple auth
 manager gets one admin user with a known password, written to its passwords file before the
-API server first starts (else it would generate and print a random one). The plugins folder gets
-``weiflow_runs.py``, which registers WeiFlow's run listener (:mod:`weiflow.airflow.listener`), so
-the control center hears of each DAG run as soon as Airflow queues it.
+API server first starts (else it would generate and print a random one).
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from weiflow.airflow.loader import BUNDLE_CLASSPATH
 from weiflow.airflow.mapping import DEFAULT_POOL_SLOTS, pool_for
 from weiflow.processes import stop_groups
 
-__all__ = ["COMPONENTS", "LOCAL_SETTINGS", "RUNS_PLUGIN", "LocalAirflow", "pools_document"]
+__all__ = ["COMPONENTS", "LOCAL_SETTINGS", "LocalAirflow", "pools_document"]
 
 COMPONENTS: Mapping[str, tuple[str, ...]] = {
     "api-server": ("api-server",),
@@ -58,15 +56,6 @@ import weiflow.registry
 weiflow.registry.default_registry()  # the engines' module declarations, loaded once
 
 __all__: list[str] = []  # no cluster policies here
-"""
-
-
-# The plugin that reports every DAG run's lifecycle to the control center (weiflow.airflow.listener).
-RUNS_PLUGIN_MARK = "# Written by WeiFlow's local Airflow: reports each DAG run to WeiFlow (queued, running, ended)."
-RUNS_PLUGIN = f"""{RUNS_PLUGIN_MARK}
-from weiflow.airflow.plugin import WeiFlowRunsPlugin
-
-__all__ = ["WeiFlowRunsPlugin"]
 """
 
 
@@ -114,10 +103,6 @@ class LocalAirflow:
     def logs(self) -> Path:
         return self.home / "logs"
 
-    @property
-    def plugins(self) -> Path:
-        return self.home / "plugins"
-
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment every Airflow process of this instance runs with."""
         env = dict(os.environ if base is None else base)
@@ -131,8 +116,6 @@ class LocalAirflow:
             },
         }
         database = self.database_url or env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
-        # A plugins folder of the user's own is kept; the runs plugin then goes there by hand (docs/airflow.md).
-        plugins = env.get("AIRFLOW__CORE__PLUGINS_FOLDER") or str(self.plugins)
         env.update(
             {
                 "AIRFLOW_HOME": str(self.home),
@@ -142,7 +125,6 @@ class LocalAirflow:
                 # The LocalExecutor starts this many worker processes up front (Airflow's default: 32).
                 "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(self.loader.parent),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": plugins,
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{self.user}:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
@@ -173,7 +155,6 @@ class LocalAirflow:
         passwords.write_text(json.dumps({self.user: self.password}) + "\n", encoding="utf-8")
         passwords.chmod(0o600)
         self.write_local_settings()
-        self.write_runs_plugin()
         env = self.env()
         self._check_call(self._airflow("db", "migrate"), env)
         self.setup_pools(pool_slots, env)
@@ -184,14 +165,6 @@ class LocalAirflow:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text(encoding="utf-8").startswith(LOCAL_SETTINGS_MARK):
             path.write_text(LOCAL_SETTINGS, encoding="utf-8")
-        return path
-
-    def write_runs_plugin(self) -> Path:
-        """``plugins/weiflow_runs.py``, which registers WeiFlow's run listener in the scheduler and API server."""
-        path = self.plugins / "weiflow_runs.py"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists() or path.read_text(encoding="utf-8").startswith(RUNS_PLUGIN_MARK):
-            path.write_text(RUNS_PLUGIN, encoding="utf-8")
         return path
 
     def setup_pools(self, pool_slots: Mapping[str, int] | None = None, env: Mapping[str, str] | None = None) -> None:

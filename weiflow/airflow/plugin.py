@@ -1,9 +1,8 @@
 """``WeiFlowRunsPlugin``: the Airflow plugin that registers WeiFlow's run listener.
 
-Put a one-line module in the plugins folder of Airflow's scheduler and API server (``./dev
-airflow`` writes it for you)::
-
-    from weiflow.airflow.plugin import WeiFlowRunsPlugin  # noqa: F401
+Airflow loads it through the ``airflow.plugins`` entry point that weiflow's package declares
+(pyproject.toml), in every Airflow process of an environment where weiflow is installed; a
+plugins-folder module importing it as well would be a duplicate, which Airflow reports.
 
 :mod:`weiflow.airflow.listener` says what the listener reports, and from where.
 """

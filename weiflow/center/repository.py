@@ -358,7 +358,14 @@ def list_datasets(
     limit: int = 50,
     before: int | None = None,
 ) -> list[dict[str, Any]]:
-    query = select(*_DATASET_COLUMNS)
+    query = _filtered_datasets(select(*_DATASET_COLUMNS), state=state, owner=owner, name=name, pipeline=pipeline)
+    return [_dataset_row(d) for d in session.execute(_page(query, Dataset.id, limit, before))]
+
+
+def _filtered_datasets(
+    query: Any, *, state: str | None, owner: str | None, name: str | None, pipeline: str | None
+) -> Any:
+    """``query`` over datasets narrowed by the list filters the API and the console offer."""
     if state:
         query = query.where(Dataset.state == state)
     if owner:
@@ -369,7 +376,7 @@ def list_datasets(
         query = query.where(
             Dataset.pipeline_id == select(Pipeline.id).where(Pipeline.name == pipeline).scalar_subquery()
         )
-    return [_dataset_row(d) for d in session.execute(_page(query, Dataset.id, limit, before))]
+    return query
 
 
 def dataset_page_json(
@@ -388,17 +395,8 @@ def dataset_page_json(
     of a dataset-list request (bench_center); the database writes each row's JSON object
     in a fraction of that. tests/center/test_api.py checks both give the same page.
     """
-    query = select(Dataset.id, _dataset_json(session.get_bind().dialect).label("doc"))
-    if state:
-        query = query.where(Dataset.state == state)
-    if owner:
-        query = query.where(Dataset.owner == owner)
-    if name:
-        query = query.where(Dataset.name == name)
-    if pipeline:
-        query = query.where(
-            Dataset.pipeline_id == select(Pipeline.id).where(Pipeline.name == pipeline).scalar_subquery()
-        )
+    columns = select(Dataset.id, _dataset_json(session.get_bind().dialect).label("doc"))
+    query = _filtered_datasets(columns, state=state, owner=owner, name=name, pipeline=pipeline)
     # Through the connection, not the ORM session: no ORM result processing for plain columns.
     rows = session.connection().execute(_page(query, Dataset.id, limit, before)).all()
     following = rows[-1].id if len(rows) == limit else None
@@ -437,7 +435,7 @@ def _dataset_json_expression(dialect: str) -> Any:
             return func.replace(type_coerce(column, String), " ", "T").concat("+00:00")
 
         pinned = func.json(case((Dataset.pinned, "true"), else_="false"))
-    else:
+    else:  # the center runs on SQLite and PostgreSQL only (weiflow.center.db)
         raise NotImplementedError(f"no JSON rendering for the {dialect} dialect")
     fields: dict[str, Any] = {
         "id": Dataset.id,

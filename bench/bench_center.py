@@ -295,7 +295,7 @@ def bench(backend: str, args: argparse.Namespace, datasets: int, runs: int, requ
                 flush=True,
             )
             start = time.perf_counter()
-            report = sweep(sessions, now=NOW)
+            report = sweep(sessions, roots=[f"file://{files_dir}"], now=NOW)
             took = time.perf_counter() - start
             print(f"[{backend}] sweep: {report.summary()} in {took:.2f} s", flush=True)
             if len(report.deleted) < counts["due"] - counts["protected"] or report.failed:

@@ -29,6 +29,7 @@ def isolated_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.setenv("WEIFLOW_VAR_DIR", str(var))
     monkeypatch.delenv("WEIFLOW_CONFIG", raising=False)
     monkeypatch.delenv("WEIFLOW_STORAGE", raising=False)
+    monkeypatch.delenv("WEIFLOW_STORAGE_ROOTS", raising=False)
     monkeypatch.chdir(tmp_path)
     yield var
 

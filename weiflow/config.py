@@ -9,6 +9,9 @@ key               variable                  default
 ================  ========================  ============================================
 var_dir           WEIFLOW_VAR_DIR           ``var/`` beside weiflow.toml (or the cwd)
 storage           WEIFLOW_STORAGE           ``file://<var_dir>/storage``
+storage_roots     WEIFLOW_STORAGE_ROOTS     ``storage`` (always one of them); the only places
+                                            retention deletes under. A list of URIs in the
+                                            file, comma-separated in the variable
 database_url      WEIFLOW_DATABASE_URL      ``sqlite:///<var_dir>/weiflow.db``
 max_spec_bytes    WEIFLOW_MAX_SPEC_BYTES    1048576
 center_url        WEIFLOW_CENTER_URL        none: runs report to the run log only
@@ -27,11 +30,13 @@ from pathlib import Path
 from weiflow.errors import ConfigError
 from weiflow.spec.parser import DEFAULT_MAX_SPEC_BYTES
 from weiflow.spec.report import did_you_mean
+from weiflow.spec.uris import uri_problem
 
 __all__ = ["CONFIG_FILE_NAME", "Settings", "load_settings"]
 
 CONFIG_FILE_NAME = "weiflow.toml"
-_KEYS = ("var_dir", "storage", "database_url", "max_spec_bytes", "center_url", "center_token")
+_KEYS = ("var_dir", "storage", "storage_roots", "database_url", "max_spec_bytes", "center_url", "center_token")
+_ROOTS_EXAMPLE = 'storage_roots = ["file:///data/weiflow", "s3://bucket/weiflow"]'
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,13 @@ class Settings:
     config_file: Path | None = None
     center_url: str | None = None
     center_token: str | None = None
+    # Where retention may delete: ``storage`` first, then the configured extra roots, as URIs.
+    storage_roots: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Datasets live under ``storage`` by default: however Settings was built, it is a root.
+        if self.storage not in self.storage_roots:
+            object.__setattr__(self, "storage_roots", (self.storage, *self.storage_roots))
 
     @property
     def runs_dir(self) -> Path:
@@ -120,12 +132,51 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
     center_url = text("center_url")
     if center_url and not center_url.startswith(("http://", "https://")):
         raise ConfigError(f"center_url must start with http:// or https://, got {center_url!r}")
+    storage = storage.rstrip("/")
+    roots_source = "WEIFLOW_STORAGE_ROOTS" if env.get("WEIFLOW_STORAGE_ROOTS") else str(path or "environment")
+    storage_roots = _storage_roots(raw.get("storage_roots"), roots_source, base, storage)
     return Settings(
         var_dir,
-        storage.rstrip("/"),
+        storage,
         database_url,
         max_bytes,
         path,
         center_url=center_url.rstrip("/") if center_url else None,
         center_token=text("center_token"),
+        storage_roots=storage_roots,
     )
+
+
+def _storage_roots(value: object, source: str, base: Path, storage: str) -> tuple[str, ...]:
+    """``storage`` and the configured roots as URIs, relative paths resolved like ``storage``, duplicates dropped.
+
+    Retention deletes only strictly inside one of these, so a root that would let it delete
+    everything (a whole file system) or whose meaning is unclear (``..``) is an error here,
+    not a surprise at the first sweep.
+    """
+    if value is None:
+        items: list[str] = []
+    elif isinstance(value, str) and source == "WEIFLOW_STORAGE_ROOTS":
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise ConfigError(f"{source}: 'storage_roots' must be a list of URIs, got {value!r} (write {_ROOTS_EXAMPLE})")
+    roots = [storage]
+    for item in items:
+        if not item:
+            raise ConfigError(f"{source}: 'storage_roots' has an empty entry (write {_ROOTS_EXAMPLE})")
+        root = item if "://" in item else f"file://{(base / Path(item).expanduser()).resolve()}"
+        problem = uri_problem(root)  # what a dataset URI may be, a root may be
+        if problem:
+            raise ConfigError(f"{source}: storage root {problem}")
+        protocol, _, rest = root.partition("://")
+        if not any(rest.split("/")):
+            raise ConfigError(
+                f"{source}: storage root {item!r} is a whole file system: retention could delete anything "
+                "under it; name the directory WeiFlow writes to"
+            )
+        root = f"{protocol}://{rest.rstrip('/')}"
+        if root not in roots:
+            roots.append(root)
+    return tuple(roots)

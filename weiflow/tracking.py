@@ -262,8 +262,9 @@ class CenterTracker:
     def flush(self) -> bool:
         """Deliver everything spooled; True when the spool is empty afterwards."""
         with self._lock:
+            size = self.BATCH
             while True:
-                batch = self.pending()[: self.BATCH]
+                batch = self.pending()[:size]
                 if not batch:
                     return True
                 lines = []
@@ -272,13 +273,25 @@ class CenterTracker:
                         lines.append(path.read_text(encoding="utf-8"))
                     except FileNotFoundError:
                         continue  # another process delivered it meanwhile
-                if not self._post(lines):
+                status = self._post(lines)
+                if status == 413 and len(batch) > 1:
+                    size = max(1, len(batch) // 2)  # over the center's request limits: smaller batches
+                    continue
+                if status == 413:
+                    # One event larger than the center takes will never go: set it aside, keep the rest moving.
+                    rejected = self.spool_dir / "rejected"
+                    rejected.mkdir(exist_ok=True)
+                    batch[0].replace(rejected / batch[0].name)
+                    log.error("the control center refuses %s as too large; moved to %s", batch[0].name, rejected)
+                    continue
+                if status is None or not 200 <= status < 300:
                     self._down_until = time.monotonic() + self.retry_s
                     return False
                 for path in batch:
                     path.unlink(missing_ok=True)
 
-    def _post(self, lines: list[str]) -> bool:
+    def _post(self, lines: list[str]) -> int | None:
+        """The HTTP status of posting ``lines`` as one batch; None when the center did not answer."""
         body = ("[" + ",".join(lines) + "]").encode()
         request = urllib.request.Request(self.url, data=body, method="POST")
         request.add_header("Content-Type", "application/json")
@@ -286,13 +299,30 @@ class CenterTracker:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                ok = 200 <= int(response.status) < 300
+                status = int(response.status)
+                answer = response.read(1 << 20)
+        except urllib.error.HTTPError as exc:
+            self.last_error = f"HTTP {exc.code}: {exc.read(2000).decode(errors='replace')}"
+            log.warning(
+                "control center at %s refused a batch (%s); events stay in %s",
+                self.url,
+                self.last_error,
+                self.spool_dir,
+            )
+            return exc.code
         except (urllib.error.URLError, OSError, ValueError) as exc:
             self.last_error = str(exc)
             log.warning("control center at %s not reachable (%s); events stay in %s", self.url, exc, self.spool_dir)
-            return False
-        self.last_error = None if ok else f"HTTP {response.status}"
-        return ok
+            return None
+        self.last_error = None
+        try:
+            problems = json.loads(answer).get("problems") or []
+        except (ValueError, AttributeError):
+            problems = []
+        for problem in problems:
+            # Refused for good (malformed, or not this token's to claim): re-sending would not help.
+            log.error("the control center refused an event: %s", problem)
+        return status
 
 
 def read_events(path: Path) -> list[Event]:

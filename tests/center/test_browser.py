@@ -23,6 +23,7 @@ from weiflow.center.ingest import ingest_events
 from weiflow.center.models import Dataset, Role
 from weiflow.center.repository import create_user
 from weiflow.center.retention import sweep
+from weiflow.config import load_settings
 from weiflow.processes import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -46,7 +47,7 @@ def center(tmp_path: Path) -> Iterator[tuple[str, sessionmaker[Session]]]:
     with sessions() as session:
         ingest_events(session, activity_run_events())
         create_user(session, "gina", Role.OWNER, password=PASSWORD, groups=["growth"])
-    sweep(sessions, now=LATER)
+    sweep(sessions, roots=load_settings().storage_roots, now=LATER)
     server = uvicorn.Server(
         uvicorn.Config(create_app(sessions), host="127.0.0.1", port=free_port(), log_level="warning")
     )
@@ -100,7 +101,8 @@ def test_log_in_open_a_run_confirm_a_deletion_see_the_tombstone(
     browser.find_element(By.ID, "confirm-deletion").click()
     assert "deletion confirmed" in browser.find_element(By.ID, "flash").text
 
-    report = sweep(sessions, now=LATER)  # what `weiflow center sweep` does on its schedule
+    # What `weiflow center sweep` does on its schedule.
+    report = sweep(sessions, roots=load_settings().storage_roots, now=LATER)
     assert [d["uri"].rsplit("/", 3)[-3:] for d in report.deleted] == [["user_activity", "events", "2026-11-02"]]
     browser.refresh()
     assert browser.find_element(By.ID, "dataset-state").text == "deleted"

@@ -17,6 +17,7 @@ from weiflow.center.console import SESSION_COOKIE
 from weiflow.center.dagsvg import layers, render_dag_svg
 from weiflow.center.models import ApiToken, AuditEntry, Dataset, DatasetState, Run
 from weiflow.center.retention import sweep
+from weiflow.config import load_settings
 
 LATER = datetime.now(UTC) + timedelta(days=8)  # past ttl:7 of 'events', so a sweep marks it
 
@@ -122,7 +123,7 @@ def test_every_page_renders_the_real_run(console: TestClient, activity_center: s
 def test_owner_confirms_a_deletion_and_the_sweep_leaves_a_tombstone(
     console: TestClient, activity_center: sessionmaker[Session]
 ) -> None:
-    sweep(activity_center, now=LATER)
+    sweep(activity_center, roots=load_settings().storage_roots, now=LATER)
     events = dataset_id(activity_center, "events")
     log_in(console, "gina")
     page = console.get(f"/datasets/{events}")
@@ -136,7 +137,7 @@ def test_owner_confirms_a_deletion_and_the_sweep_leaves_a_tombstone(
     assert done.status_code == 303 and done.headers["location"] == f"/datasets/{events}?done=confirm-deletion"
     after = console.get(done.headers["location"])
     assert "deletion confirmed" in after.text and "confirmed by gina" in after.text
-    report = sweep(activity_center, now=LATER)
+    report = sweep(activity_center, roots=load_settings().storage_roots, now=LATER)
     assert [d["id"] for d in report.deleted] == [events]
     tomb = console.get(f"/datasets/{events}")
     assert 'id="dataset-state">deleted<' in tomb.text and "kept for lineage" in tomb.text
@@ -150,7 +151,7 @@ def test_owner_confirms_a_deletion_and_the_sweep_leaves_a_tombstone(
 def test_viewers_and_other_owners_are_refused_by_the_same_rules_as_the_api(
     console: TestClient, activity_center: sessionmaker[Session]
 ) -> None:
-    sweep(activity_center, now=LATER)
+    sweep(activity_center, roots=load_settings().storage_roots, now=LATER)
     events = dataset_id(activity_center, "events")
     for user in ("vera", "otto"):
         console.cookies.clear()

@@ -66,7 +66,7 @@ def test_a_local_run_becomes_a_two_level_dag_with_datasets_and_lineage(
 ) -> None:
     events = local_run(tmp_path, make_spec)
     with sessions() as session:
-        assert ingest_events(session, events) == {"applied": len(events), "duplicate": 0, "rejected": 0}
+        assert ingest_events(session, events).counts() == {"applied": len(events), "duplicate": 0, "rejected": 0}
         [run] = list_runs(session)
         assert (run["run_id"], run["pipeline"], run["state"], run["priority"]) == ("r1", "p", "succeeded", "high")
         detail = run_detail(session, run["id"])
@@ -97,7 +97,7 @@ def test_redelivered_events_are_applied_once(
     with sessions() as session:
         ingest_events(session, events[:5])
         again = ingest_events(session, events)  # a spool re-sends what was already delivered
-        assert again == {"applied": len(events) - 5, "duplicate": 5, "rejected": 0}
+        assert again.counts() == {"applied": len(events) - 5, "duplicate": 5, "rejected": 0}
         assert session.scalar(select(func.count()).select_from(IngestedEvent)) == len(events)
         assert session.scalar(select(func.count()).select_from(DatasetRead)) == 1
         assert session.scalar(select(func.count()).select_from(Run)) == 1
@@ -119,7 +119,7 @@ def test_out_of_order_events_never_undo_an_end_state(
 def test_malformed_events_are_reported_and_the_rest_parsed() -> None:
     good = Event(EventKind.RUN_STARTED, "r", "p")
     events, problems = parse_events([good.to_json(), {"kind": "no.such.kind", "run_id": "r", "pipeline": "p"}, 7])
-    assert [e.id for e in events] == [good.id]
+    assert [(index, e.id) for index, e in events] == [(0, good.id)]
     assert len(problems) == 2 and "event 1" in problems[0]
 
 

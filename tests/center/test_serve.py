@@ -44,6 +44,12 @@ def connections(port: int, pids: list[int]) -> dict[int, int]:
     return found
 
 
+def listening(port: int) -> int:
+    """Sockets listening on ``port`` (one per worker once every worker has started)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if int(line.split()[1].split(":")[1], 16) == port and line.split()[3] == "0A")
+
+
 def center_env(tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "WEIFLOW_VAR_DIR": str(tmp_path / "var"), "WEIFLOW_DATABASE_URL": f"sqlite:///{tmp_path}/c.db"}
     env.pop("WEIFLOW_CONFIG", None)
@@ -69,6 +75,9 @@ def start_center(env: dict[str, str], port: int) -> tuple[subprocess.Popen[str],
                 server.kill()
                 raise AssertionError(f"the center did not start: {server.communicate()[0][-2000:]}") from None
             time.sleep(0.2)
+    # One worker answering is not both: the kernel spreads connections only over listening sockets.
+    while listening(port) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     # The server processes (multiprocessing's resource tracker is a child too).
     workers = [p for p in children(server.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(workers) == 2 and all(alive(p) for p in workers), workers

@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center.api import create_app
+from weiflow.center.eventschema import EventLimits
+from weiflow.center.limits import Limits
 from weiflow.center.models import IngestedEvent, Role, Run
 from weiflow.center.repository import create_token, create_user
 from weiflow.processes import free_port
@@ -20,8 +22,9 @@ from weiflow.tracking import CenterTracker, Event, EventKind
 
 
 class Server:
-    def __init__(self, sessions: sessionmaker[Session], port: int) -> None:
-        config = uvicorn.Config(create_app(sessions), host="127.0.0.1", port=port, log_level="warning")
+    def __init__(self, sessions: sessionmaker[Session], port: int, limits: Limits | None = None) -> None:
+        app = create_app(sessions, limits=limits)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -116,3 +119,19 @@ def test_background_delivery_never_makes_emit_wait(sessions: sessionmaker[Sessio
         tracker.emit(Event(EventKind.RUN_STARTED, "r3", "p"))  # delivers what waited too
         assert tracker.wait_delivered(10)
     assert tracker.pending() == [] and count(sessions, Run) == 4
+
+
+def test_a_spool_splits_batches_the_center_finds_too_large_and_sets_aside_an_event_it_never_takes(
+    sessions: sessionmaker[Session], token: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    limits = Limits(max_events=3, max_body_bytes=20_000, events=EventLimits(max_detail_bytes=50_000))
+    tracker = CenterTracker(f"http://127.0.0.1:{port}", tmp_path / "spool", token=token)
+    with Server(sessions, port, limits):
+        for i in range(7):
+            tracker.emit(Event(EventKind.RUN_STARTED, f"r{i}", "p"))
+        tracker.emit(Event(EventKind.RUN_STARTED, "huge", "p", detail={"note": "x" * 30_000}))
+        tracker.emit(Event(EventKind.RUN_STARTED, "r7", "p"))
+        assert tracker.flush() and tracker.pending() == []
+    assert count(sessions, Run) == 8  # r0..r7: every event but the one over the body limit
+    assert [p.name.endswith(".json") for p in (tmp_path / "spool" / "rejected").iterdir()] == [True]

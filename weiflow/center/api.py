@@ -9,25 +9,51 @@ Reads that are one indexed page (at most ``MAX_PAGE`` rows) or one record run on
 loop, token check included: the query costs less than handing it to a worker thread and back
 (bench_center: the thread hops were half of a dataset-list request). Anything unbounded,
 ingesting a batch of events, listing every job or model, changing state, runs in the thread pool.
+
+Clients are untrusted, logged-in ones included (:class:`Limits`): a body has a size bound and
+must arrive within a deadline (:class:`weiflow.center.limits.BodyLimits`), nothing holds a
+database connection while a body arrives, a batch has at most ``max_events`` events, at most
+``ingest_concurrency`` batches per worker are applied at once (others wait a bounded time, then
+get 503), and a request that cannot get a pooled connection within ``pool_timeout_s`` gets 503
+rather than queueing without end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from cachetools import TTLCache
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center import repository as repo
+from weiflow.center.apimodels import (
+    AuditPage,
+    DatasetDetail,
+    DatasetPage,
+    DatasetRow,
+    IngestAnswer,
+    Job,
+    Me,
+    ModelEntry,
+    RunDetail,
+    RunPage,
+)
 from weiflow.center.console import add_console
 from weiflow.center.db import make_engine, make_sessionmaker
 from weiflow.center.ingest import IngestResult, ingest_events, parse_events
+from weiflow.center.limits import BodyLimits, Limits
 from weiflow.center.models import Role
 from weiflow.center.repository import ActionError, Principal
 from weiflow.config import load_settings
@@ -62,16 +88,20 @@ Reader = Annotated[Session, Depends(_reader)]
 
 
 async def _principal(
-    request: Request, db: Reader, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    if credentials is None:
+    if credentials is None or len(credentials.credentials) > 200:
         raise HTTPException(401, "a valid API token is required", headers={"WWW-Authenticate": "Bearer"})
     # Keyed by the token's hash: the cache need not hold secrets.
     key = hashlib.sha256(credentials.credentials.encode()).digest()
     tokens: TTLCache[bytes, Principal] | None = request.app.state.tokens
     found = tokens.get(key) if tokens is not None else None
     if found is None or (found.expires_at is not None and found.expires_at < datetime.now(UTC)):
-        found = repo.authenticate_token(db, credentials.credentials, kind="api")
+        # A session of its own, closed before the endpoint runs: the connection is not held while
+        # the endpoint waits for a (slow) client's body.
+        sessions: sessionmaker[Session] = request.app.state.sessions
+        with sessions() as db:
+            found = repo.authenticate_token(db, credentials.credentials, kind="api")
         if found is None:
             if tokens is not None:
                 tokens.pop(key, None)
@@ -83,26 +113,59 @@ async def _principal(
 
 # Module level, not inside create_app: FastAPI resolves these (string) annotations in the module's globals.
 User = Annotated[Principal, Depends(_principal)]
+# Ids are 64-bit on both databases: a larger number is a 422, not a driver's overflow (a 500).
+RecordId = Annotated[int, Path(ge=1, le=repo.MAX_ID)]
+Before = Annotated[int | None, Query(ge=1, le=repo.MAX_ID)]
+
+
+class ErrorAnswer(BaseModel):
+    detail: Any = Field(description="what is wrong: a message, or (422) FastAPI's list of invalid fields")
+
+
+def _answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorAnswer} for code in codes}
+
+
+_owner_action = _answers(403, 404, 409)
 
 
 def create_app(
-    sessions: sessionmaker[Session], *, console: bool = True, token_cache_s: float = TOKEN_CACHE_S
+    sessions: sessionmaker[Session],
+    *,
+    console: bool = True,
+    token_cache_s: float = TOKEN_CACHE_S,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """The API (and the console, unless ``console=False``) over ``sessions``.
 
     A checked API token is trusted for ``token_cache_s`` seconds in this process (0: checked on
-    every request).
+    every request). ``limits`` bound what one client may send (defaults: :class:`Limits`).
     """
-    app = FastAPI(
+    limits = limits or Limits()
+    # fastapi-offline: the docs page loads Swagger UI from this server, never from a CDN (the
+    # center often runs where nothing outside answers, and a CDN is code the center did not vet).
+    app = FastAPIOffline(
         title="WeiFlow control center",
         version="1",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url="/api/docs" if limits.api_docs else None,
         redoc_url=None,
+        static_url="/api/docs/assets",
+        responses=_answers(401, 503),  # every endpoint: no valid token; the center is busy
     )
     app.state.sessions = sessions
+    app.state.limits = limits
     # Only the event loop's thread touches it (_principal is async), so no lock.
     app.state.tokens = TTLCache(maxsize=4096, ttl=token_cache_s) if token_cache_s > 0 else None
+    ingesting = asyncio.Semaphore(limits.ingest_concurrency)
+    app.add_middleware(BodyLimits, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+
+    @app.exception_handler(PoolTimeout)
+    async def _busy(_request: Request, _exc: PoolTimeout) -> Response:
+        # Every pooled connection is in use for longer than pool_timeout_s: say so, and when to retry.
+        return JSONResponse(
+            {"detail": "the center is busy; retry shortly"}, status_code=503, headers={"Retry-After": "2"}
+        )
 
     def need(user: Principal, *roles: Role) -> None:
         if user.role not in roles:
@@ -114,28 +177,47 @@ def create_app(
         except ActionError as exc:
             raise HTTPException(exc.status, str(exc)) from None
 
-    @app.get("/api/v1/me")
+    @app.get("/api/v1/me", response_model=Me)
     async def me(user: User) -> dict[str, Any]:
         return {"username": user.username, "role": str(user.role), "groups": list(user.groups)}
 
-    @app.post("/api/v1/events")
+    @app.post("/api/v1/events", response_model=IngestAnswer, responses=_answers(400, 403, 413, 503))
     async def post_events(request: Request, user: User) -> dict[str, Any]:
-        """Ingest a JSON array of events (the runtime's spool posts these); idempotent by event id."""
+        """Ingest a JSON array of events (the runtime's spool posts these); idempotent by event id.
+
+        Each event is checked on its own (its schema, and whether this user may claim it); the
+        answer counts the applied, duplicate and rejected ones and gives the first problems.
+        """
         need(user, Role.ADMIN, Role.OWNER)
+        body = await request.body()
         try:
-            payload = await request.json()
-        except ValueError:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
             raise HTTPException(400, "body must be a JSON array of events") from None
-        events, problems = parse_events(payload)
+        if isinstance(payload, list) and len(payload) > limits.max_events:
+            raise HTTPException(
+                413, f"{len(payload)} events in one request; at most {limits.max_events}: send smaller batches"
+            )
+        events, problems = parse_events(payload, limits.events)
 
         def ingest() -> IngestResult:
             with sessions() as db:
-                return ingest_events(db, events)
+                return ingest_events(db, events, user)
 
-        result = await run_in_threadpool(ingest)
-        return {**result, "rejected": len(problems), "problems": problems[:20]}
+        try:
+            await asyncio.wait_for(ingesting.acquire(), limits.ingest_wait_s)
+        except TimeoutError:
+            raise HTTPException(
+                503, "busy applying other batches; retry shortly", headers={"Retry-After": "5"}
+            ) from None
+        try:
+            result = await run_in_threadpool(ingest)
+        finally:
+            ingesting.release()
+        problems += result.problems
+        return {**result.counts(), "rejected": len(problems), "problems": problems[:20]}
 
-    @app.get("/api/v1/runs")
+    @app.get("/api/v1/runs", response_model=RunPage)
     async def runs(
         db: Reader,
         user: User,
@@ -143,19 +225,19 @@ def create_app(
         pipeline: str | None = None,
         state: str | None = None,
         limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
-        before: int | None = None,
+        before: Before = None,
     ) -> dict[str, Any]:
         items = repo.list_runs(db, pipeline=pipeline, state=state, limit=limit, before=before)
         return {"items": items, "next": items[-1]["id"] if len(items) == limit else None}
 
-    @app.get("/api/v1/runs/{run_pk}")
-    async def run(run_pk: int, db: Reader, user: User) -> dict[str, Any]:
+    @app.get("/api/v1/runs/{run_pk}", response_model=RunDetail, responses=_answers(404))
+    async def run(run_pk: RecordId, db: Reader, user: User) -> dict[str, Any]:
         detail = repo.run_detail(db, run_pk)
         if detail is None:
             raise HTTPException(404, f"no run {run_pk}")
         return detail
 
-    @app.get("/api/v1/datasets")
+    @app.get("/api/v1/datasets", responses={200: {"model": DatasetPage}})
     async def datasets(
         db: Reader,
         user: User,
@@ -165,51 +247,51 @@ def create_app(
         name: str | None = None,
         pipeline: str | None = None,
         limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
-        before: int | None = None,
+        before: Before = None,
     ) -> Response:
         page = repo.dataset_page_json(
             db, state=state, owner=owner, name=name, pipeline=pipeline, limit=limit, before=before
         )
         return Response(page, media_type="application/json")
 
-    @app.get("/api/v1/datasets/{dataset_id}")
-    async def dataset(dataset_id: int, db: Reader, user: User) -> dict[str, Any]:
+    @app.get("/api/v1/datasets/{dataset_id}", response_model=DatasetDetail, responses=_answers(404))
+    async def dataset(dataset_id: RecordId, db: Reader, user: User) -> dict[str, Any]:
         detail = repo.dataset_detail(db, dataset_id)
         if detail is None:
             raise HTTPException(404, f"no dataset {dataset_id}")
         return detail
 
-    @app.post("/api/v1/datasets/{dataset_id}/confirm-deletion")
-    def confirm(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+    @app.post("/api/v1/datasets/{dataset_id}/confirm-deletion", response_model=DatasetRow, responses=_owner_action)
+    def confirm(dataset_id: RecordId, db: Db, user: User) -> dict[str, Any]:
         need(user, Role.ADMIN, Role.OWNER)
         return dict(act(repo.set_deletion, db, user, dataset_id, confirm=True))
 
-    @app.post("/api/v1/datasets/{dataset_id}/reject-deletion")
-    def reject(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+    @app.post("/api/v1/datasets/{dataset_id}/reject-deletion", response_model=DatasetRow, responses=_owner_action)
+    def reject(dataset_id: RecordId, db: Db, user: User) -> dict[str, Any]:
         need(user, Role.ADMIN, Role.OWNER)
         return dict(act(repo.set_deletion, db, user, dataset_id, confirm=False))
 
-    @app.post("/api/v1/datasets/{dataset_id}/pin")
-    def pin(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+    @app.post("/api/v1/datasets/{dataset_id}/pin", response_model=DatasetRow, responses=_owner_action)
+    def pin(dataset_id: RecordId, db: Db, user: User) -> dict[str, Any]:
         need(user, Role.ADMIN, Role.OWNER)
         return dict(act(repo.set_pin, db, user, dataset_id, pinned=True))
 
-    @app.post("/api/v1/datasets/{dataset_id}/unpin")
-    def unpin(dataset_id: int, db: Db, user: User) -> dict[str, Any]:
+    @app.post("/api/v1/datasets/{dataset_id}/unpin", response_model=DatasetRow, responses=_owner_action)
+    def unpin(dataset_id: RecordId, db: Db, user: User) -> dict[str, Any]:
         need(user, Role.ADMIN, Role.OWNER)
         return dict(act(repo.set_pin, db, user, dataset_id, pinned=False))
 
-    @app.get("/api/v1/jobs")
+    @app.get("/api/v1/jobs", response_model=list[Job])
     def jobs(db: Reader, user: User) -> list[dict[str, Any]]:
         return repo.list_jobs(db)
 
-    @app.get("/api/v1/models")
+    @app.get("/api/v1/models", response_model=list[ModelEntry])
     def models(db: Reader, user: User) -> list[dict[str, Any]]:
         return repo.list_models(db)
 
-    @app.get("/api/v1/audit")
+    @app.get("/api/v1/audit", response_model=AuditPage, responses=_answers(403))
     async def audit(
-        db: Reader, user: User, limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 100, before: int | None = None
+        db: Reader, user: User, limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 100, before: Before = None
     ) -> dict[str, Any]:
         need(user, Role.ADMIN)
         items = repo.audit_entries(db, limit=limit, before=before)
@@ -221,8 +303,11 @@ def create_app(
 
 
 def app_from_settings() -> FastAPI:
-    """The center over the database that weiflow.toml or WEIFLOW_DATABASE_URL names.
+    """The center over the database that weiflow.toml or WEIFLOW_DATABASE_URL names, with the
+    limits ``WEIFLOW_CENTER_*`` variables set (what ``weiflow center serve`` passes its workers).
 
     What each ``weiflow center serve`` worker process and the Airflow plugin build.
     """
-    return create_app(make_sessionmaker(make_engine(load_settings().database_url)))
+    limits = Limits.from_env()
+    engine = make_engine(load_settings().database_url, **limits.pool_options())
+    return create_app(make_sessionmaker(engine), limits=limits)

@@ -7,12 +7,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 
 from weiflow.center.db import make_engine, make_sessionmaker, migrate
+from weiflow.center.limits import Limits
 from weiflow.center.models import Role
 from weiflow.center.repository import ActionError, create_token, create_user
 from weiflow.center.retention import PeriodicSweeper, find_orphans, sweep
@@ -41,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
         help="run a retention sweep this often while serving (0: never; then schedule 'weiflow retention sweep')",
     )
     p.add_argument("--grace-days", type=float, default=3.0, help="grace period of the scheduled sweeps")
+    # Unset flags leave the WEIFLOW_CENTER_* variables (or the defaults, in brackets) in force.
+    defaults = Limits()
+    for flag, kind, default, text in (
+        ("--max-body-bytes", int, defaults.max_body_bytes, "larger request bodies get 413"),
+        ("--body-timeout", float, defaults.body_timeout_s, "seconds a request body may take to arrive (408)"),
+        ("--max-events", int, defaults.max_events, "events per request (413 beyond)"),
+        ("--ingest-concurrency", int, defaults.ingest_concurrency, "event batches applied at once per worker"),
+        ("--pool-size", int, defaults.pool_size, "database connections per worker, and as many again in bursts"),
+    ):
+        p.add_argument(flag, type=kind, default=None, help=f"{text} [{default}]")
+    p.add_argument("--no-api-docs", action="store_true", help="do not serve /api/docs")
     sub.add_parser("migrate", help="create or upgrade the database schema")
     p = sub.add_parser("sweep", help="one retention sweep: mark, then delete what is confirmed or past grace")
     p.add_argument(
@@ -48,15 +60,68 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grace-days", type=float, default=3.0)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("orphans", help="files under the storage root that no dataset claims")
+    p = sub.add_parser("orphans", help="files under the storage roots that no dataset claims")
     p.add_argument("--days", type=float, default=30.0, help="untouched for at least this long")
-    p.add_argument("roots", nargs="*", help="storage roots (default: the configured storage)")
-    p = sub.add_parser("user", help="add a user (prints an API token)")
+    p.add_argument("roots", nargs="*", help="storage roots (default: the storage_roots setting)")
+    p = sub.add_parser(
+        "user",
+        help="add a user (prints an API token)",
+        usage="%(prog)s [-h] --role {admin,owner,viewer} [--password | --password-stdin] [--group GROUP] username",
+        formatter_class=_UserHelp,
+    )
     p.add_argument("username")
     p.add_argument("--role", choices=[r.value for r in Role], required=True)
-    p.add_argument("--password", help="for console login (omit for a token-only user)")
+    secret = p.add_mutually_exclusive_group()  # neither: a token-only user, who cannot use the console
+    secret.add_argument(
+        "--password", nargs="?", action=_PasswordFlag, default=False, help="ask for a console password (twice)"
+    )
+    secret.add_argument(
+        "--password-stdin", action="store_true", help="read the console password from one line of standard input"
+    )
     p.add_argument("--group", action="append", default=[], help="pipeline owner this user answers for (repeatable)")
     return parser
+
+
+class _PasswordFlag(argparse.Action):
+    """``user --password`` is a flag: a password written after it would show in every user's process list
+    and stay in the shell's history, so a value is an error that says what to do instead."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if values is not None:
+            parser.error(
+                "--password takes no value (on the command line a password is visible to other users and kept "
+                "in the shell history): give --password alone to be asked for it, or pipe it in with --password-stdin"
+            )
+        setattr(namespace, self.dest, True)
+
+
+class _UserHelp(argparse.HelpFormatter):
+    # The help shows "--password", not "--password [PASSWORD]": it takes no value (see _PasswordFlag).
+    def _format_args(self, action: argparse.Action, default_metavar: str) -> str:
+        return "" if isinstance(action, _PasswordFlag) else super()._format_args(action, default_metavar)
+
+
+def _new_password(args: argparse.Namespace) -> str | None:
+    """``user``'s password: asked for twice, or one line of standard input; None for a token-only user."""
+    if args.password_stdin:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    elif args.password:
+        from getpass import getpass
+
+        password = getpass(f"Password for {args.username}: ")
+        if getpass("The same again: ") != password:
+            raise ValueError("the two passwords differ")
+    else:
+        return None
+    if not password:
+        raise ValueError("empty password (leave out --password and --password-stdin for a token-only user)")
+    return password
 
 
 def main(argv: Sequence[str], settings: Settings) -> int:
@@ -77,10 +142,25 @@ def main(argv: Sequence[str], settings: Settings) -> int:
         # Each worker process builds its own app and engine from the settings: hand them the
         # database this process resolved, whatever set it.
         os.environ["WEIFLOW_DATABASE_URL"] = settings.database_url
+        given = {
+            "max_body_bytes": args.max_body_bytes,
+            "body_timeout_s": args.body_timeout,
+            "max_events": args.max_events,
+            "ingest_concurrency": args.ingest_concurrency,
+            "pool_size": args.pool_size,
+            "max_overflow": args.pool_size,
+        }
+        limits = replace(Limits.from_env(), **{k: v for k, v in given.items() if v is not None})
+        if args.no_api_docs:
+            limits = replace(limits, api_docs=False)
+        os.environ.update(limits.to_env())  # and the same limits
         sweeper = None
         if args.sweep_every > 0:
             sweeper = PeriodicSweeper(
-                sessions, timedelta(minutes=args.sweep_every), grace=timedelta(days=args.grace_days)
+                sessions,
+                timedelta(minutes=args.sweep_every),
+                roots=settings.storage_roots,
+                grace=timedelta(days=args.grace_days),
             )
             sweeper.start()
         try:
@@ -89,7 +169,9 @@ def main(argv: Sequence[str], settings: Settings) -> int:
             if sweeper is not None:
                 sweeper.stop()
     if args.command == "sweep":
-        report = sweep(sessions, grace=timedelta(days=args.grace_days), dry_run=args.dry_run)
+        report = sweep(
+            sessions, roots=settings.storage_roots, grace=timedelta(days=args.grace_days), dry_run=args.dry_run
+        )
         if args.json:
             print(json.dumps(asdict(report), indent=2, default=str))
         else:
@@ -100,19 +182,24 @@ def main(argv: Sequence[str], settings: Settings) -> int:
                 ("FAILED", report.failed),
             ):
                 for entry in entries:
-                    print(f"{label:<13} {entry['uri']}  ({entry.get('reason')})")
+                    print(f"{label:<13} {entry['uri']}  ({entry.get('error') or entry.get('reason')})")
             print(report.summary(), file=sys.stderr)
         return 1 if report.failed else 0
     if args.command == "orphans":
         with sessions() as session:
-            orphans = find_orphans(session, args.roots or [settings.storage], older_than_days=args.days)
+            orphans = find_orphans(session, args.roots or settings.storage_roots, older_than_days=args.days)
         for orphan in orphans:
             print(f"{orphan.path}\t{orphan.files} file(s)\t{orphan.size_bytes} bytes\tnewest {orphan.newest:%Y-%m-%d}")
         print(f"{len(orphans)} orphan director(ies) untouched for {args.days:g} days", file=sys.stderr)
         return 0
+    try:
+        password = _new_password(args)
+    except ValueError as exc:
+        print(f"weiflow center user: {exc}; nothing was created", file=sys.stderr)
+        return 2
     with sessions() as session:
         try:
-            create_user(session, args.username, Role(args.role), password=args.password, groups=args.group)
+            create_user(session, args.username, Role(args.role), password=password, groups=args.group)
         except IntegrityError:
             print(f"weiflow center: user '{args.username}' exists", file=sys.stderr)
             return 2

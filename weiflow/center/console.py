@@ -8,19 +8,29 @@ secret (HMAC), so a page elsewhere cannot submit the forms even where the cookie
 the login form uses the same scheme with a short-lived pre-login cookie. Owner actions go through
 :func:`weiflow.center.repository.set_deletion` and :func:`~weiflow.center.repository.set_pin`:
 the same permission checks, conditional updates and audit entries as the API.
+
+Logins are throttled per account and per client address (:func:`weiflow.center.repository.login_blocked`),
+and a login's password hashing and database work run on a small thread pool of their own, never on the
+event loop, so a crowd of wrong passwords slows no one else's requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import math
+import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import delete
@@ -48,6 +58,14 @@ CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'self'; base-uri 'none'"
 )
+
+# A login's scrypt (about 0.1 s of CPU; it releases the GIL) and its database work run on these two threads: not
+# on the event loop, where four clients posting wrong passwords raised every request's latency fifty-fold, and
+# not in the shared thread pool, which they could fill. However many logins arrive, they queue here and cost
+# this worker at most two threads and two database connections; everything else keeps being answered.
+_LOGIN_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="weiflow-login")
+# An id in a path or ``before``: digits only (int() would also take '+1', ' 1', '1_0' and other scripts' digits).
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 _templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
@@ -83,6 +101,48 @@ _templates.env.filters["when"] = _when
 
 class _LoginRequired(Exception):
     pass
+
+
+def _id(value: str | None) -> int | None:
+    """``value`` as a row id (1 to ``MAX_ID``), or None: past ``MAX_ID`` the database would error, not find nothing."""
+    if value is None or not _DIGITS.fullmatch(value):
+        return None
+    number = int(value)
+    return number if 1 <= number <= repo.MAX_ID else None
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= 40 else value[:40] + "…"
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """How a login attempt ended: a new session token, or refused (``retry_after`` seconds when throttled)."""
+
+    token: str | None = None
+    retry_after: int | None = None
+
+
+def _attempt_login(sessions: sessionmaker[Session], username: str, password: str, address: str) -> _Attempt:
+    # Runs on _LOGIN_THREADS. While blocked, the password is not even hashed: a blocked guesser costs one query.
+    with sessions() as db:
+        wait = repo.login_blocked(db, username, address)
+        if wait is not None:
+            return _Attempt(retry_after=max(1, math.ceil(wait.total_seconds())))
+        principal = repo.authenticate_password(db, username, password)
+        if principal is None:
+            repo.record_login_failure(db, username, address)
+            return _Attempt()
+        repo.clear_login_failures(db, username)
+        # Expired console sessions are dead rows: clear them here rather than in a separate job.
+        db.execute(delete(ApiToken).where(ApiToken.kind == "session", ApiToken.expires_at < utcnow()))
+        token = repo.create_token(db, principal.username, name="console", kind="session", ttl=SESSION_TTL)
+        return _Attempt(token=token)
+
+
+def _revoke_session(sessions: sessionmaker[Session], token: str) -> None:
+    with sessions() as db:
+        repo.revoke_token(db, token, kind="session")
 
 
 def _base(request: Request) -> str:
@@ -145,6 +205,11 @@ def _cookie_path(request: Request) -> str:
     return _base(request) or "/"
 
 
+def _bad_before(request: Request, user: Principal) -> Response:
+    message = f"'before' must be a whole number from 1 to {repo.MAX_ID}."
+    return _page(request, "error.html", {"message": message}, user=user, status=422)
+
+
 def _form_ok(form_value: Any, cookie: str | None, purpose: str = "form") -> bool:
     if not cookie or not isinstance(form_value, str):
         return False
@@ -168,12 +233,15 @@ def add_console(app: FastAPI) -> None:
 
     @router.get("/login")
     def login_form(request: Request, next: str | None = None, error: str | None = None) -> Response:
+        return login_page(request, next, error, status=401 if error else 200)
+
+    def login_page(request: Request, next: str | None, error: str | None, *, status: int) -> Response:
         secret = secrets.token_urlsafe(24)
         response = _page(
             request,
             "login.html",
             {"next": _safe_next(next), "login_csrf": csrf_token(secret, "login"), "error": error},
-            status=401 if error else 200,
+            status=status,
         )
         response.set_cookie(
             LOGIN_COOKIE,
@@ -193,17 +261,24 @@ def add_console(app: FastAPI) -> None:
         if not _form_ok(form.get("csrf"), request.cookies.get(LOGIN_COOKIE), "login"):
             return login_form(request, target, "The login form expired; please try again.")
         username, password = str(form.get("username") or ""), str(form.get("password") or "")
-        with _sessions(request)() as db:
-            principal = repo.authenticate_password(db, username, password)
-            if principal is None:
-                return login_form(request, target, "Unknown user or wrong password.")
-            # Expired console sessions are dead rows: clear them here rather than in a separate job.
-            db.execute(delete(ApiToken).where(ApiToken.kind == "session", ApiToken.expires_at < utcnow()))
-            token = repo.create_token(db, principal.username, name="console", kind="session", ttl=SESSION_TTL)
+        # The peer's address. Behind a reverse proxy that is the proxy's (all its users then share one count)
+        # unless uvicorn trusts the proxy's X-Forwarded-For: by default only from 127.0.0.1 and ::1, more
+        # with FORWARDED_ALLOW_IPS. The account's own count holds whatever the address says.
+        address = request.client.host if request.client else "unknown"
+        attempt = await asyncio.get_running_loop().run_in_executor(
+            _LOGIN_THREADS, _attempt_login, _sessions(request), username, password, address
+        )
+        if attempt.retry_after is not None:
+            wait = f"Too many failed logins as this user or from this address: try again in {attempt.retry_after} s."
+            response = login_page(request, target, wait, status=429)
+            response.headers["Retry-After"] = str(attempt.retry_after)
+            return response
+        if attempt.token is None:
+            return login_form(request, target, "Unknown user or wrong password.")
         response = _redirect(request, target)
         response.set_cookie(
             SESSION_COOKIE,
-            token,
+            attempt.token,
             max_age=int(SESSION_TTL.total_seconds()),
             path=_cookie_path(request),
             httponly=True,
@@ -215,11 +290,12 @@ def add_console(app: FastAPI) -> None:
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        form = await request.form()
+        # No CSRF check: whatever the form holds, the session in the cookie ends here, server-side, so a stale
+        # page's Log out never leaves alive a session its user believes ended. Nor can another site log anyone
+        # out: the cookie is SameSite=Strict, so a cross-site POST arrives without it.
         token = request.cookies.get(SESSION_COOKIE)
-        if token and _form_ok(form.get("csrf"), token):
-            with _sessions(request)() as db:
-                repo.revoke_token(db, token)
+        if token:
+            await run_in_threadpool(_revoke_session, _sessions(request), token)
         response = _redirect(request, "/login")
         response.delete_cookie(SESSION_COOKIE, path=_cookie_path(request))
         return response
@@ -233,23 +309,26 @@ def add_console(app: FastAPI) -> None:
 
     @router.get("/runs")
     def runs(
-        request: Request, pipeline: str | None = None, state: str | None = None, before: int | None = None
+        request: Request, pipeline: str | None = None, state: str | None = None, before: str | None = None
     ) -> Response:
         with _sessions(request)() as db:
             user = _user(request, db)
-            items = repo.list_runs(db, pipeline=pipeline or None, state=state or None, limit=PAGE, before=before)
+            if before and _id(before) is None:
+                return _bad_before(request, user)
+            items = repo.list_runs(db, pipeline=pipeline or None, state=state or None, limit=PAGE, before=_id(before))
         filters = {k: v for k, v in (("pipeline", pipeline), ("state", state)) if v}
         more = urlencode({**filters, "before": items[-1]["id"]}) if len(items) == PAGE else None
         context = {"runs": items, "filters": filters, "more": more, "states": [s.value for s in State]}
         return _page(request, "runs.html", context, user=user)
 
     @router.get("/runs/{run_pk}")
-    def run(request: Request, run_pk: int) -> Response:
+    def run(request: Request, run_pk: str) -> Response:
         with _sessions(request)() as db:
             user = _user(request, db)
-            detail = repo.run_detail(db, run_pk)
+            pk = _id(run_pk)
+            detail = repo.run_detail(db, pk) if pk is not None else None
         if detail is None:
-            return _page(request, "error.html", {"message": f"No run {run_pk}."}, user=user, status=404)
+            return _page(request, "error.html", {"message": f"No run {_shown(run_pk)}."}, user=user, status=404)
         return _page(request, "run.html", {"run": detail, "svg": render_dag_svg(detail["nodes"])}, user=user)
 
     @router.get("/datasets")
@@ -258,12 +337,14 @@ def add_console(app: FastAPI) -> None:
         state: str | None = None,
         owner: str | None = None,
         name: str | None = None,
-        before: int | None = None,
+        before: str | None = None,
     ) -> Response:
         with _sessions(request)() as db:
             user = _user(request, db)
+            if before and _id(before) is None:
+                return _bad_before(request, user)
             items = repo.list_datasets(
-                db, state=state or None, owner=owner or None, name=name or None, limit=PAGE, before=before
+                db, state=state or None, owner=owner or None, name=name or None, limit=PAGE, before=_id(before)
             )
         filters = {k: v for k, v in (("state", state), ("owner", owner), ("name", name)) if v}
         more = urlencode({**filters, "before": items[-1]["id"]}) if len(items) == PAGE else None
@@ -289,14 +370,20 @@ def add_console(app: FastAPI) -> None:
         }
         return _page(request, "dataset.html", context, user=user, status=409 if error else 200)
 
+    def no_dataset(request: Request, user: Principal, dataset_id: str) -> Response:
+        return _page(request, "error.html", {"message": f"No dataset {_shown(dataset_id)}."}, user=user, status=404)
+
     @router.get("/datasets/{dataset_id}")
-    def dataset(request: Request, dataset_id: int, done: str | None = None) -> Response:
+    def dataset(request: Request, dataset_id: str, done: str | None = None) -> Response:
         with _sessions(request)() as db:
             user = _user(request, db)
-            return dataset_page(request, db, user, dataset_id, message=ACTIONS.get(done or ""), error=None)
+            pk = _id(dataset_id)
+            if pk is None:
+                return no_dataset(request, user, dataset_id)
+            return dataset_page(request, db, user, pk, message=ACTIONS.get(done or ""), error=None)
 
     @router.post("/datasets/{dataset_id}/{action}")
-    async def dataset_action(request: Request, dataset_id: int, action: str) -> Response:
+    async def dataset_action(request: Request, dataset_id: str, action: str) -> Response:
         form = await request.form()
         with _sessions(request)() as db:
             user = _user(request, db)
@@ -308,23 +395,26 @@ def add_console(app: FastAPI) -> None:
                     user=user,
                     status=403,
                 )
+            pk = _id(dataset_id)
+            if pk is None:
+                return no_dataset(request, user, dataset_id)
             try:
                 if action == "confirm-deletion":
-                    repo.set_deletion(db, user, dataset_id, confirm=True)
+                    repo.set_deletion(db, user, pk, confirm=True)
                 elif action == "reject-deletion":
-                    repo.set_deletion(db, user, dataset_id, confirm=False)
+                    repo.set_deletion(db, user, pk, confirm=False)
                 elif action in ("pin", "unpin"):
-                    repo.set_pin(db, user, dataset_id, pinned=action == "pin")
+                    repo.set_pin(db, user, pk, pinned=action == "pin")
                 else:
                     return _page(request, "error.html", {"message": f"No action '{action}'."}, user=user, status=404)
             except ActionError as exc:
                 if exc.status == 404:
                     return _page(request, "error.html", {"message": str(exc)}, user=user, status=404)
-                page = dataset_page(request, db, user, dataset_id, message=None, error=str(exc))
+                page = dataset_page(request, db, user, pk, message=None, error=str(exc))
                 page.status_code = exc.status
                 return page
         # Post/redirect/get: reloading the result page does not repeat the action.
-        return _redirect(request, f"/datasets/{dataset_id}?" + urlencode({"done": action}))
+        return _redirect(request, f"/datasets/{pk}?" + urlencode({"done": action}))
 
     @router.get("/models")
     def models(request: Request) -> Response:

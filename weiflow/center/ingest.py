@@ -13,12 +13,24 @@ leaves it ended, unless it names a run attempt (an orchestrator's count of how o
 the run: Airflow's clear number + 1) and was emitted after the end: Airflow was told to run it
 again (a cleared run), and its datasets need protecting again. Likewise an end emitted before
 the run's latest (re)start belongs to an earlier attempt and is ignored.
+
+Events are claims, and each is checked against who posts it (:class:`Principal`; ``None`` is a
+trusted in-process caller). A token may post events only for pipelines its user owns, by name or
+group, or as an admin. A pipeline is registered by its first event, owned by the spec's ``owner``
+(which the poster must answer for) or else by the poster; its owner changes only by an admin or
+by a new spec version posted by a user who answers for the old owner and the new one, and every
+registration and change is audited. A ``dataset.written`` for a URI of another owner's pipeline,
+or a model version of another owner's model, is refused. Refusals are per event, with the reason.
+
+Retention clocks (when a dataset was written, when it was last read) are the center's receipt
+time, never the client's: a timestamp in the past would make fresh data look due for deletion.
+Run and node times come from the event (they order a run's history), but never from the future.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +38,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from weiflow.center.eventschema import EventLimits, EventRejected, validate_event
 from weiflow.center.models import (
+    AuditEntry,
     Dataset,
     DatasetRead,
     DatasetState,
@@ -38,10 +52,12 @@ from weiflow.center.models import (
     NodeRun,
     Pipeline,
     PipelineVersion,
+    Role,
     Run,
     RunUse,
     State,
 )
+from weiflow.center.repository import Principal
 from weiflow.tracking import Event, EventKind
 
 __all__ = ["IngestResult", "ingest_events", "parse_events"]
@@ -60,61 +76,117 @@ _END_STATE = {
 }
 
 
-class IngestResult(dict[str, int]):
-    """Counts: applied, duplicate, rejected."""
+@dataclass
+class IngestResult:
+    """What became of a batch: counts, and one line per rejected event saying why."""
+
+    applied: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {"applied": self.applied, "duplicate": self.duplicate, "rejected": self.rejected}
 
 
-def parse_events(payload: Any) -> tuple[list[Event], list[str]]:
-    """Events from a JSON array (of objects or of JSON strings); bad entries are reported, not fatal.
+class Refused(Exception):
+    """The poster may not make this claim (another owner's pipeline, dataset or model)."""
+
+
+def parse_events(payload: Any, limits: EventLimits | None = None) -> tuple[list[tuple[int, Event]], list[str]]:
+    """Events from a JSON array (of objects or of JSON strings), each with its index in the array;
+    bad entries are reported, not fatal.
 
     One malformed event must not block a spool forever, so it is rejected with its reason and
     the rest are applied.
     """
     items = payload if isinstance(payload, list) else [payload]
-    events: list[Event] = []
+    events: list[tuple[int, Event]] = []
     problems: list[str] = []
     for index, item in enumerate(items):
         try:
-            events.append(Event.from_json(item if isinstance(item, str) else json.dumps(item)))
-        except (TypeError, ValueError, KeyError) as exc:
-            problems.append(f"event {index}: {type(exc).__name__}: {exc}")
+            events.append((index, validate_event(item, limits or EventLimits())))
+        except EventRejected as exc:
+            problems.append(f"event {index}: {exc}")
     return events, problems
 
 
-def _ts(event: Event) -> datetime:
+def _ts(event: Event, now: datetime) -> datetime:
     try:
         value = datetime.fromisoformat(event.ts)
     except ValueError:
-        return datetime.now(UTC)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return now
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return min(value, now)
 
 
-def ingest_events(session: Session, events: list[Event]) -> IngestResult:
-    """Apply events in order, each at most once; commits. Returns counts."""
-    result = IngestResult(applied=0, duplicate=0, rejected=0)
-    for event in events:
-        if session.get(IngestedEvent, event.id) is not None:
-            result["duplicate"] += 1
+def ingest_events(
+    session: Session,
+    events: list[Event] | list[tuple[int, Event]],
+    principal: Principal | None = None,
+    *,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Apply events in order, each at most once and only if ``principal`` may claim it; commits.
+
+    ``events`` may carry their index in the posted batch, which the problems then name. ``now``
+    is the receipt time (default: the clock), which retention clocks use.
+    """
+    result = IngestResult()
+    batch = [entry if isinstance(entry, tuple) else (position, entry) for position, entry in enumerate(events)]
+    seen = _already_ingested(session, [event.id for _, event in batch])
+    rows: dict[
+        tuple[Any, ...], Any
+    ] = {}  # rows this batch looked up, by natural key: one query each, not one per event
+    for index, event in batch:
+        if event.id in seen:
+            result.duplicate += 1
             continue
+        seen.add(event.id)
         try:
             with session.begin_nested():
                 session.add(IngestedEvent(id=event.id, kind=str(event.kind)))
                 session.flush()
-                _Applier(session, event).apply()
+                _Applier(session, event, principal, rows, now or datetime.now(UTC)).apply()
         except IntegrityError:
             # Another center process applied the same event (or created the same row) meanwhile.
-            result["duplicate"] += 1
+            rows.clear()  # rows made inside the rolled-back savepoint are gone
+            result.duplicate += 1
             continue
-        result["applied"] += 1
+        except Refused as exc:
+            rows.clear()
+            result.rejected += 1
+            result.problems.append(f"event {index} ({event.kind} of {event.pipeline}/{event.run_id}): {exc}")
+            log.warning("refused event %s from %s: %s", event.id, principal.username if principal else "-", exc)
+            continue
+        result.applied += 1
     session.commit()
     return result
 
 
+def _already_ingested(session: Session, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(session.scalars(select(IngestedEvent.id).where(IngestedEvent.id.in_(chunk))))
+    return found
+
+
 class _Applier:
-    def __init__(self, session: Session, event: Event) -> None:
+    def __init__(
+        self,
+        session: Session,
+        event: Event,
+        principal: Principal | None,
+        rows: dict[tuple[Any, ...], Any],
+        now: datetime,
+    ) -> None:
         self.s = session
         self.e = event
-        self.ts = _ts(event)
+        self.principal = principal
+        self.rows = rows
+        self.now = now  # the receipt time: what retention clocks use
+        self.ts = _ts(event, self.now)
         self.new_run = False  # whether this event's run row was created by this event
 
     def apply(self) -> None:
@@ -161,28 +233,78 @@ class _Applier:
             return this > attempt
         return not (starting and state in _ENDED)  # a late 'started' never undoes an end
 
+    # ---- who may claim what ----------------------------------------------------------------------------------
+
+    def _who(self) -> str:
+        return self.principal.username if self.principal else "system"
+
+    def _answers_for(self, owner: str | None) -> bool:
+        """Whether the poster may act for ``owner`` (admins and trusted callers for anyone)."""
+        return self.principal is None or self.principal.may_manage(owner)
+
+    def _audit(self, action: str, target_type: str, target_id: str, **detail: Any) -> None:
+        self.s.add(
+            AuditEntry(
+                actor=self._who(), action=action, target_type=target_type, target_id=target_id[:1024], detail=detail
+            )
+        )
+
     def _pipeline(self) -> Pipeline:
-        pipeline = self.s.scalar(select(Pipeline).where(Pipeline.name == self.e.pipeline))
+        claimed, priority = self.e.detail.get("owner"), self.e.detail.get("priority")
+        pipeline = self.rows.get(("pipeline", self.e.pipeline)) or self.s.scalar(
+            select(Pipeline).where(Pipeline.name == self.e.pipeline)
+        )
         if pipeline is None:
-            pipeline = Pipeline(name=self.e.pipeline, created_at=self.ts)
+            if claimed is None and self.principal is not None and self.principal.role is not Role.ADMIN:
+                claimed = self.principal.username  # a spec without an owner belongs to whoever registers it
+            if claimed is not None and not self._answers_for(claimed):
+                raise Refused(
+                    f"pipeline '{self.e.pipeline}' would be owned by '{claimed}', "
+                    f"which user '{self._who()}' does not answer for"
+                )
+            pipeline = Pipeline(name=self.e.pipeline, owner=claimed, created_at=self.now)
             self.s.add(pipeline)
             self.s.flush()
-        owner, priority = self.e.detail.get("owner"), self.e.detail.get("priority")
-        if owner and pipeline.owner != owner:
-            pipeline.owner = owner
+            self._audit("pipeline.register", "pipeline", pipeline.name, owner=claimed)
+        elif not self._answers_for(pipeline.owner):
+            raise Refused(
+                f"pipeline '{pipeline.name}' belongs to '{pipeline.owner or 'nobody'}'; user '{self._who()}' "
+                "may not post its events (ask its owner or an admin)"
+            )
+        elif claimed and pipeline.owner != claimed:
+            self._change_owner(pipeline, claimed)
         if priority and pipeline.priority != priority:
             pipeline.priority = priority
+        self.rows["pipeline", pipeline.name] = pipeline
         return pipeline
+
+    def _change_owner(self, pipeline: Pipeline, claimed: str) -> None:
+        """An admin, or a new spec version from a user who answers for the old owner and the new one."""
+        sha = self.e.detail.get("spec_sha256")
+        known = sha is not None and self.s.scalar(
+            select(PipelineVersion.id).where(PipelineVersion.pipeline_id == pipeline.id, PipelineVersion.sha256 == sha)
+        )
+        admin = self.principal is None or self.principal.role is Role.ADMIN
+        if not admin and (sha is None or known or not self._answers_for(claimed)):
+            raise Refused(
+                f"pipeline '{pipeline.name}' is owned by '{pipeline.owner}': its owner changes to '{claimed}' only "
+                f"by an admin, or by a new spec version posted by a user who answers for both"
+            )
+        self._audit("pipeline.owner", "pipeline", pipeline.name, old=pipeline.owner, new=claimed, spec_sha256=sha)
+        pipeline.owner = claimed
 
     def _run(self) -> Run:
         pipeline = self._pipeline()
-        run = self.s.scalar(select(Run).where(Run.pipeline_id == pipeline.id, Run.run_id == self.e.run_id))
+        run = self.rows.get(("run", pipeline.id, self.e.run_id)) or self.s.scalar(
+            select(Run).where(Run.pipeline_id == pipeline.id, Run.run_id == self.e.run_id)
+        )
         self.new_run = run is None
         if run is None:
             run = Run(run_id=self.e.run_id, pipeline_id=pipeline.id, state=State.RUNNING, started_at=self.ts)
             run.params, run.upstream = {}, {}
             self.s.add(run)
             self.s.flush()
+        self.rows["run", pipeline.id, run.run_id] = run
         sha = self.e.detail.get("spec_sha256")
         if sha and run.version_id is None:
             version = self.s.scalar(
@@ -232,12 +354,15 @@ class _Applier:
 
     def _node(self, run: Run) -> NodeRun:
         node_id = self.e.node or "?"
-        node = self.s.scalar(select(NodeRun).where(NodeRun.run_pk == run.id, NodeRun.node == node_id))
+        node = self.rows.get(("node", run.id, node_id)) or self.s.scalar(
+            select(NodeRun).where(NodeRun.run_pk == run.id, NodeRun.node == node_id)
+        )
         if node is None:
             node = NodeRun(run_pk=run.id, node=node_id, state=State.QUEUED, attempt=self.e.attempt or 1)
             node.plan = {}
             self.s.add(node)
             self.s.flush()
+        self.rows["node", run.id, node_id] = node
         return node
 
     def _node_started(self, run: Run) -> None:
@@ -269,28 +394,31 @@ class _Applier:
         dataset = self.s.scalar(select(Dataset).where(Dataset.uri == uri))
         if dataset is None:
             # Read before any writer reported it: a dataset from outside WeiFlow (external), kept for lineage.
-            dataset = Dataset(uri=uri, name=name, external=True, created_at=self.ts, last_access=self.ts)
+            dataset = Dataset(uri=uri, name=name, external=True, created_at=self.now, last_access=self.now)
             dataset.consumers_expected = []
             self.s.add(dataset)
             self.s.flush()
-        if dataset.last_access is None or dataset.last_access < self.ts:
-            dataset.last_access = self.ts
+        if dataset.last_access is None or dataset.last_access < self.now:
+            dataset.last_access = self.now
         seen = self.s.scalar(
             select(DatasetRead.id).where(
                 DatasetRead.dataset_id == dataset.id, DatasetRead.run_pk == run.id, DatasetRead.node == node
             )
         )
         if seen is None:
-            self.s.add(DatasetRead(dataset_id=dataset.id, run_pk=run.id, node=node, ts=self.ts))
+            self.s.add(DatasetRead(dataset_id=dataset.id, run_pk=run.id, node=node, ts=self.now))
 
     def _module_row(self, node: NodeRun, module_id: str, type_name: str | None) -> ModuleRun:
-        module = self.s.scalar(select(ModuleRun).where(ModuleRun.node_run_id == node.id, ModuleRun.module == module_id))
+        module = self.rows.get(("module", node.id, module_id)) or self.s.scalar(
+            select(ModuleRun).where(ModuleRun.node_run_id == node.id, ModuleRun.module == module_id)
+        )
         if module is None:
             module = ModuleRun(node_run_id=node.id, module=module_id, type=type_name, state=State.QUEUED, attempt=1)
             self.s.add(module)
             self.s.flush()
         elif type_name and not module.type:
             module.type = type_name
+        self.rows["module", node.id, module_id] = module
         return module
 
     def _module(self, run: Run) -> ModuleRun:
@@ -307,13 +435,15 @@ class _Applier:
         pipeline = self.s.get(Pipeline, run.pipeline_id)
         dataset = self.s.scalar(select(Dataset).where(Dataset.uri == info.uri))
         if dataset is None:
-            dataset = Dataset(uri=info.uri, name=info.name, created_at=self.ts)
+            dataset = Dataset(uri=info.uri, name=info.name, created_at=self.now)
             self.s.add(dataset)
-        elif dataset.state not in (DatasetState.LIVE, DatasetState.DELETING):
-            # Written again (a rerun): the files are new, so an old mark or tombstone no longer applies.
-            dataset.state, dataset.reason, dataset.marked_at, dataset.delete_after = DatasetState.LIVE, None, None, None
-            dataset.deleted_at, dataset.confirmed_by = None, None
-            dataset.created_at = self.ts
+        else:
+            self._may_write(dataset, pipeline)
+            if dataset.state not in (DatasetState.LIVE, DatasetState.DELETING):
+                # Written again (a rerun): the files are new, so an old mark or tombstone no longer applies.
+                dataset.state, dataset.reason, dataset.marked_at = DatasetState.LIVE, None, None
+                dataset.delete_after, dataset.deleted_at, dataset.confirmed_by = None, None, None
+                dataset.created_at = self.now
         dataset.name = info.name
         dataset.external = False
         dataset.format = info.format
@@ -327,6 +457,23 @@ class _Applier:
         if dataset.retention == "pinned":
             dataset.pinned = True
         self._use(run, info.uri)
+
+    def _may_write(self, dataset: Dataset, pipeline: Pipeline | None) -> None:
+        """Refuse a write to a URI that another owner's pipeline wrote; audit taking over a read-only one."""
+        if dataset.pipeline_id is not None and not self._answers_for(dataset.owner):
+            raise Refused(
+                f"dataset {dataset.uri} belongs to '{dataset.owner or 'nobody'}' (pipeline id {dataset.pipeline_id}); "
+                f"user '{self._who()}' may not write it: choose a URI of your own pipeline's"
+            )
+        if dataset.pipeline_id is None and dataset.external:
+            # Known only as something runs read; now a WeiFlow pipeline says it writes it.
+            self._audit(
+                "dataset.claim",
+                "dataset",
+                str(dataset.id),
+                uri=dataset.uri,
+                pipeline=pipeline.name if pipeline else None,
+            )
 
     def _metrics(self, run: Run) -> None:
         def numbers(prefix: str, values: dict[str, Any]) -> None:
@@ -357,14 +504,21 @@ class _Applier:
             return
         model = self.s.scalar(select(Model).where(Model.name == str(spec["name"])))
         if model is None:
-            model = Model(name=str(spec["name"]), created_at=self.ts)
+            model = Model(name=str(spec["name"]), pipeline_id=run.pipeline_id, created_at=self.now)
             self.s.add(model)
             self.s.flush()
+        elif model.pipeline_id != run.pipeline_id:
+            owner = self.s.scalar(select(Pipeline.owner).where(Pipeline.id == model.pipeline_id))
+            if model.pipeline_id is None or not self._answers_for(owner):
+                raise Refused(
+                    f"model '{model.name}' belongs to '{owner or 'nobody'}'; user '{self._who()}' may not change "
+                    "its versions"
+                )
         version = self.s.scalar(
             select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == str(spec["version"]))
         )
         if version is None:
-            version = ModelVersion(model_id=model.id, version=str(spec["version"]), run_pk=run.id, created_at=self.ts)
+            version = ModelVersion(model_id=model.id, version=str(spec["version"]), run_pk=run.id, created_at=self.now)
             self.s.add(version)
         uri = spec.get("uri") or (self.e.dataset.uri if self.e.dataset else None)
         if uri:

@@ -37,6 +37,7 @@ __all__ = [
     "DatasetRead",
     "DatasetState",
     "IngestedEvent",
+    "LoginFailure",
     "Metric",
     "Model",
     "ModelVersion",
@@ -251,6 +252,8 @@ class Model(Base):
     __tablename__ = "models"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # The pipeline that first published it: only that pipeline's owners (or an admin) change it.
+    pipeline_id: Mapped[int | None] = mapped_column(ForeignKey("pipelines.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -321,3 +324,17 @@ class AuditEntry(Base):
     target_type: Mapped[str] = mapped_column(String(50))
     target_id: Mapped[str] = mapped_column(String(1024))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class LoginFailure(Base):
+    """Recent failed console logins per account (``user:<name>``) and per client address (``addr:<ip>``).
+
+    In the database, not in a worker's memory: every worker process and a restarted center see the
+    same count, so a guesser cannot spread attempts over workers or wait out a restart.
+    """
+
+    __tablename__ = "login_failures"
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure: Mapped[datetime] = mapped_column(default=utcnow)
+    blocked_until: Mapped[datetime | None]

@@ -30,6 +30,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from weiflow.center.db import changed
@@ -39,6 +40,7 @@ from weiflow.center.models import (
     Dataset,
     DatasetRead,
     DatasetState,
+    LoginFailure,
     Metric,
     Model,
     ModelVersion,
@@ -52,12 +54,18 @@ from weiflow.center.models import (
 )
 
 __all__ = [
+    "LOGIN_FIRST_DELAY",
+    "LOGIN_FREE_FAILURES",
+    "LOGIN_MAX_DELAY",
+    "LOGIN_WINDOW",
+    "MAX_ID",
     "MAX_PAGE",
     "ActionError",
     "Principal",
     "audit_entries",
     "authenticate_password",
     "authenticate_token",
+    "clear_login_failures",
     "create_token",
     "create_user",
     "dataset_detail",
@@ -67,6 +75,8 @@ __all__ = [
     "list_jobs",
     "list_models",
     "list_runs",
+    "login_blocked",
+    "record_login_failure",
     "revoke_token",
     "run_detail",
     "set_deletion",
@@ -74,6 +84,10 @@ __all__ = [
 ]
 
 MAX_PAGE = 500
+# The largest id (or ``before``) a route accepts: the id columns are INTEGER, 32-bit in PostgreSQL, which
+# answers a larger value with an out-of-range error (SQLite's driver fails past 2**63 - 1). Either is a 500
+# if let through; no row can have a larger id, so a route refuses one with a 4xx instead.
+MAX_ID = 2**31 - 1
 
 
 class ActionError(Exception):
@@ -175,17 +189,112 @@ def authenticate_token(session: Session, token: str, *, kind: str | None = None)
     return replace(_principal(user), expires_at=record.expires_at)
 
 
-def revoke_token(session: Session, token: str) -> None:
-    session.execute(delete(ApiToken).where(ApiToken.token_hash == _token_hash(token)))
+def revoke_token(session: Session, token: str, *, kind: str | None = None) -> None:
+    """Delete the token (only if it is of ``kind``, when given): a console session ends at once."""
+    query = delete(ApiToken).where(ApiToken.token_hash == _token_hash(token))
+    session.execute(query.where(ApiToken.kind == kind) if kind is not None else query)
     session.commit()
 
 
 def authenticate_password(session: Session, username: str, password: str) -> Principal | None:
-    user = session.scalar(select(User).where(User.username == username))
-    if user is None or user.disabled or not user.password_hash:
+    """The user, if ``password`` is theirs. Commits ``session`` first: no connection is held while hashing."""
+    # A name no user can have (the column holds 200 characters; PostgreSQL refuses NUL) is not looked up.
+    plausible = len(username) <= 200 and "\x00" not in username
+    user = session.scalar(select(User).where(User.username == username)) if plausible else None
+    stored = user.password_hash if user is not None and not user.disabled else None
+    principal = _principal(user) if user is not None and stored else None
+    session.commit()
+    if principal is None or stored is None:
         hash_password(password)  # same work either way: timing does not tell which usernames exist
         return None
-    return _principal(user) if _check_password(password, user.password_hash) else None
+    return principal if _check_password(password, stored) else None
+
+
+# ---- login throttle -------------------------------------------------------------------------------------------
+# After LOGIN_FREE_FAILURES failed logins, each further failure blocks its key for LOGIN_FIRST_DELAY, doubling
+# with every failure up to LOGIN_MAX_DELAY; a key with no failure for LOGIN_WINDOW starts again from nothing.
+# Keys are the account (a guesser spread over many addresses) and the client address (one address trying many
+# accounts). With these numbers an account takes 18 guesses in the first hour, then 4 an hour. The price: a guesser
+# can keep an account's owner out for as long as the guessing lasts, at most LOGIN_MAX_DELAY after it stops.
+# Read at call time, so a test (or a deployment's start-up code) can change them.
+LOGIN_FREE_FAILURES = 5
+LOGIN_FIRST_DELAY = timedelta(seconds=1)
+LOGIN_MAX_DELAY = timedelta(minutes=15)
+LOGIN_WINDOW = timedelta(hours=1)
+
+
+def _login_keys(username: str, address: str) -> list[str]:
+    keys = []
+    for kind, value in (("addr", address), ("user", username)):
+        # Anything long or odd (the column is 300 characters; PostgreSQL refuses NUL) is kept by its hash.
+        if len(value) <= 200 and value.isprintable():
+            keys.append(f"{kind}:{value}")
+        else:
+            keys.append(f"{kind}#sha256:{hashlib.sha256(value.encode(errors='surrogatepass')).hexdigest()}")
+    return keys  # always in this order: two transactions never lock the same two rows in opposite orders
+
+
+def login_blocked(session: Session, username: str, address: str, *, now: datetime | None = None) -> timedelta | None:
+    """How long logins as ``username`` or from ``address`` are still refused; None when they are not."""
+    now = now or datetime.now(UTC)
+    until = session.scalar(
+        select(func.max(LoginFailure.blocked_until)).where(
+            LoginFailure.key.in_(_login_keys(username, address)), LoginFailure.blocked_until > now
+        )
+    )
+    return until - now if until is not None else None
+
+
+def record_login_failure(session: Session, username: str, address: str, *, now: datetime | None = None) -> None:
+    """Count a failed login against the account and the address, blocking either that is past its free failures.
+
+    Each count is one ``INSERT ... ON CONFLICT DO UPDATE``, atomic in SQLite and PostgreSQL alike: failures
+    counted at once by several worker processes all count, and the row stays locked until the commit, so the
+    block that follows is computed from this very count.
+    """
+    now = now or datetime.now(UTC)
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    for key in _login_keys(username, address):
+        counted = (
+            insert(LoginFailure)
+            .values(key=key, failures=1, last_failure=now, blocked_until=None)
+            .on_conflict_do_update(
+                index_elements=[LoginFailure.key],
+                set_={
+                    "failures": case(
+                        (LoginFailure.last_failure < now - LOGIN_WINDOW, 1), else_=LoginFailure.failures + 1
+                    ),
+                    "last_failure": now,
+                },
+            )
+            .returning(LoginFailure.failures)
+        )
+        failures = session.execute(counted).scalar_one()
+        if failures > LOGIN_FREE_FAILURES:
+            doublings = min(failures - LOGIN_FREE_FAILURES - 1, 40)  # 2**40 s is ages; more would overflow
+            delay = min(LOGIN_FIRST_DELAY * 2**doublings, LOGIN_MAX_DELAY)
+            session.execute(
+                update(LoginFailure)
+                .where(LoginFailure.key == key, LoginFailure.failures == failures)
+                .values(blocked_until=now + delay)
+                .execution_options(synchronize_session=False)
+            )
+    session.commit()
+
+
+def clear_login_failures(session: Session, username: str, *, now: datetime | None = None) -> None:
+    """After a successful login: forget the account's failures, and every key quiet for LOGIN_WINDOW.
+
+    The address keeps its count: otherwise a guesser with an account of their own could log in with it
+    between guesses at others and never be slowed down.
+    """
+    now = now or datetime.now(UTC)
+    key = _login_keys(username, "")[1]
+    stale = (LoginFailure.last_failure < now - LOGIN_WINDOW) & (
+        LoginFailure.blocked_until.is_(None) | (LoginFailure.blocked_until <= now)
+    )
+    session.execute(delete(LoginFailure).where((LoginFailure.key == key) | stale))
+    session.commit()
 
 
 # ---- reads ----------------------------------------------------------------------------------------------------

@@ -13,17 +13,27 @@ moves ``pending-deletion -> deleting`` for exactly one of them. A sweep that die
 claiming leaves ``deleting`` with ``claimed_at``; after ``lease`` a later sweep takes it over
 (deleting files already gone is a no-op). A dataset read during its grace period goes back to
 ``live``.
+
+Whatever the database says, files are deleted only strictly inside the configured storage
+roots (:class:`RootedDeleter`, checked on the real path at the moment of deletion): a forged or
+mistaken dataset record cannot point a sweep at anything else. A refused deletion leaves the
+dataset ``pending-deletion`` with the refusal as its reason, and no sweep retries it on its own.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
+import shutil
+import stat
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar, cast
 
 import fsspec
@@ -42,14 +52,16 @@ from weiflow.center.models import (
     RunUse,
     State,
 )
-from weiflow.errors import ConfigError
+from weiflow.errors import ConfigError, DatasetError
+from weiflow.spec.uris import uri_problem
 
 __all__ = [
+    "DeletionRefused",
     "Orphan",
     "PeriodicSweeper",
     "Policy",
+    "RootedDeleter",
     "SweepReport",
-    "delete_uri",
     "find_orphans",
     "parse_policy",
     "protected_clause",
@@ -111,9 +123,11 @@ class SweepReport:
     would_delete: list[dict[str, Any]] = field(default_factory=list)  # dry run: past grace or confirmed
 
     def summary(self) -> str:
+        refused = sum(1 for entry in self.failed if entry.get("refused"))
         return (
             f"{'dry run: ' if self.dry_run else ''}{len(self.marked)} marked, {len(self.unmarked)} kept (read during "
             f"grace), {len(self.kept)} protected, {len(self.deleted)} deleted, {len(self.failed)} failed"
+            + (f" ({refused} refused: not inside the storage roots)" if refused else "")
             + (f", {len(self.would_delete)} would be deleted" if self.dry_run else "")
         )
 
@@ -121,15 +135,151 @@ class SweepReport:
 Deleter = Callable[[str], None]
 
 
-def delete_uri(uri: str) -> None:
-    """Remove a dataset's files through fsspec: exactly the URI's path, never its parent."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    path = str(path).rstrip("/")
-    if path.count("/") < 2 and not path.startswith(("s3", "gs", "hdfs")):
-        # A dataset at '/' or '/data' is a configuration mistake; deleting it would take the storage with it.
-        raise ValueError(f"refusing to delete {uri}: too close to the file-system root")
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+class DeletionRefused(DatasetError):
+    """Retention was asked to delete something that is not strictly inside a storage root; nothing was deleted."""
+
+
+# fsspec's names for one storage: compared as one protocol.
+_PROTOCOL_ALIASES = {"s3a": "s3", "gcs": "gs"}
+_NO_FOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def _split(uri: str) -> tuple[str, str]:
+    """(protocol, path) of a URI, read from its text alone: no file system is opened or imported."""
+    protocol, path = fsspec.core.split_protocol(uri)
+    protocol = (protocol or "file").lower()
+    return _PROTOCOL_ALIASES.get(protocol, protocol), path
+
+
+def _strictly_inside(path: str, root: str) -> bool:
+    """``path`` is a proper descendant of ``root`` (both absolute and normalised): '/a/b2' is not inside '/a/b'."""
+    return path != root and os.path.commonpath([path, root]) == root
+
+
+class RootedDeleter:
+    """Deletes a dataset's files only when they lie strictly inside one of ``roots`` (the ``storage_roots`` setting).
+
+    Checked at the moment of deletion, on the storage as it is then, whatever the database says:
+
+    - local paths (``file://`` or plain): the real path of the target (every symbolic link resolved,
+      the last component included) must be a proper descendant of a root's real path; the target
+      must not itself be a link, nor be or hold a root. Removal then walks down from the root one
+      directory at a time without following links, and ``shutil.rmtree`` never follows links inside
+      the tree, so a directory swapped for a link after the check fails the deletion instead of
+      leading outside the root;
+    - other protocols (s3, gs, hdfs, memory): the path, which must be in normal form (no empty,
+      '.' or '..' parts), must lie below a root of the same protocol.
+
+    Anything else raises :class:`DeletionRefused`, naming the URI and the roots.
+    """
+
+    def __init__(self, roots: Iterable[str]) -> None:
+        self.roots: tuple[str, ...] = tuple(roots)
+        if not self.roots:
+            raise ConfigError("retention needs at least one storage root to delete under (the storage_roots setting)")
+        self._local: list[str] = []  # absolute paths as configured; their real paths are taken at each deletion
+        self._remote: list[tuple[str, tuple[str, ...]]] = []  # (protocol, path parts)
+        for root in self.roots:
+            problem = uri_problem(root)
+            if problem:
+                raise ConfigError(f"storage root {problem}")
+            protocol, path = _split(root)
+            parts = tuple(part for part in path.split("/") if part)
+            if protocol == "file" and not PurePosixPath(path).is_absolute():
+                raise ConfigError(f"storage root {root!r} is relative: write file:///absolute/path")
+            if not parts or any(part in (".", "..") for part in parts):
+                raise ConfigError(f"storage root {root!r}: name a directory (not a whole file system, no '.' or '..')")
+            if protocol == "file":
+                self._local.append(os.path.normpath(path))
+            else:
+                self._remote.append((protocol, parts))
+
+    def __repr__(self) -> str:
+        return f"RootedDeleter({list(self.roots)!r})"
+
+    def _refuse(self, uri: str, why: str) -> DeletionRefused:
+        return DeletionRefused(
+            f"refusing to delete {uri}: {why}; retention deletes only inside the storage roots "
+            f"({', '.join(self.roots)}; the storage_roots setting)"
+        )
+
+    def __call__(self, uri: str) -> None:
+        # The rule a spec's dataset URIs obey (storage protocols only, no '::', no '.' or '..'):
+        # what '..' names depends on the links along the way, so a record holding one is never trusted.
+        problem = uri_problem(uri)
+        if problem:
+            raise self._refuse(uri, problem)
+        protocol, path = _split(uri)
+        if protocol == "file":
+            self._delete_local(uri, path)
+        else:
+            self._delete_remote(uri, protocol, path)
+
+    def _delete_local(self, uri: str, path: str) -> None:
+        if not PurePosixPath(path).is_absolute():
+            raise self._refuse(uri, "a relative path (its meaning depends on the sweep's working directory)")
+        real = os.path.realpath(path)
+        roots = [os.path.realpath(root) for root in self._local]
+        for root in roots:
+            if root == real or _strictly_inside(root, real):
+                raise self._refuse(uri, f"{'is' if root == real else 'holds'} the storage root {root}")
+        container = next((root for root in roots if _strictly_inside(real, root)), None)
+        if container is None:
+            resolved = f" (it resolves to {real})" if real != os.path.normpath(path) else ""
+            raise self._refuse(uri, f"outside every storage root{resolved}")
+        if Path(path).is_symlink():
+            # Deleting through it would remove whatever it points to, perhaps another dataset.
+            raise self._refuse(uri, f"a symbolic link (to {Path(path).readlink()}); remove the link by hand")
+        self._remove_beneath(uri, container, Path(real).relative_to(container).parts)
+
+    def _remove_beneath(self, uri: str, root: str, parts: tuple[str, ...]) -> None:
+        """Remove ``root/parts...``, opening each directory relative to the one above it and never through a link."""
+        if not shutil.rmtree.avoids_symlink_attacks:
+            raise self._refuse(uri, "this platform's shutil.rmtree cannot avoid symbolic-link attacks")
+        try:
+            fd = os.open(root, _NO_FOLLOW_DIR)
+        except FileNotFoundError:
+            return  # already gone: nothing to delete
+        try:
+            for part in parts[:-1]:
+                try:
+                    below = os.open(part, _NO_FOLLOW_DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise self._refuse(uri, f"'{part}' on its path is no longer a directory (a link?)") from exc
+                    raise
+                os.close(fd)
+                fd = below
+            name = parts[-1]
+            try:
+                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                return
+            if stat.S_ISLNK(mode):
+                raise self._refuse(uri, "it became a symbolic link")
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def _delete_remote(self, uri: str, protocol: str, path: str) -> None:
+        parts = tuple(path.strip("/").split("/"))
+        if "" in parts:
+            # On an object store 'a//b' and 'a/b' are different keys: compare only paths in normal form.
+            raise self._refuse(uri, "the path is not in normal form (an empty part: '//')")
+        roots = [root for root_protocol, root in self._remote if root_protocol == protocol]
+        for root in roots:
+            if root[: len(parts)] == parts:
+                raise self._refuse(uri, f"{'is' if root == parts else 'holds'} the storage root {'/'.join(root)}")
+        if not any(parts[: len(root)] == root for root in roots):
+            raise self._refuse(uri, f"outside every {protocol} storage root")
+        fs, fs_path = fsspec.core.url_to_fs(uri)
+        if fs.exists(fs_path):
+            fs.rm(fs_path, recursive=True)
 
 
 def _days(delta: timedelta) -> str:
@@ -220,18 +370,33 @@ def _audit(session: Session, actor: str, action: str, dataset_id: int, uri: str,
     )
 
 
+# How a failed deletion is noted after the retention reason; stripped before noting the next one.
+_FAILURE_NOTE = re.compile(r"; (?:delete failed|deletion refused): .*\Z", re.DOTALL)
+
+
 def sweep(
     sessions: sessionmaker[Session],
     *,
+    roots: Iterable[str] | None = None,
     now: datetime | None = None,
     grace: timedelta = timedelta(days=3),
     lease: timedelta = timedelta(minutes=30),
     dry_run: bool = False,
-    deleter: Deleter = delete_uri,
+    deleter: Deleter | None = None,
     actor: str = "system:sweep",
 ) -> SweepReport:
     """One retention sweep: unmark what was read during its grace period, mark new candidates,
-    delete what is confirmed or past its grace period. ``dry_run`` changes nothing and says why."""
+    delete what is confirmed or past its grace period. ``dry_run`` changes nothing and says why.
+
+    Files are deleted by a :class:`RootedDeleter` over ``roots`` (``settings.storage_roots``), or
+    by ``deleter`` (tests, wrappers); exactly one of the two is given.
+    """
+    if deleter is None:
+        if roots is None:
+            raise TypeError("sweep() needs roots= (settings.storage_roots: it deletes only inside them) or a deleter=")
+        deleter = RootedDeleter(roots)
+    elif roots is not None:
+        raise TypeError("sweep() takes roots= or a deleter=, not both: a deleter does its own checks")
     now = now or datetime.now(UTC)
     report = SweepReport(dry_run)
     read_in_grace = and_(
@@ -332,7 +497,10 @@ def sweep(
                     deleter(target)
                 except Exception as exc:
                     log.warning("retention: cannot delete %s: %s", target, exc)
-                    failed.append({"id": dataset_id, "uri": target, "reason": why, "error": str(exc)})
+                    refused = isinstance(exc, DeletionRefused)
+                    failed.append(
+                        {"id": dataset_id, "uri": target, "reason": why, "error": str(exc), "refused": refused}
+                    )
                 else:
                     deleted.append({"id": dataset_id, "uri": target, "reason": why})
             if deleted:
@@ -344,15 +512,23 @@ def sweep(
                 )
                 _audit_many(session, actor, "retention.delete", deleted)
             for entry in failed:
+                reason = _FAILURE_NOTE.sub("", entry["reason"] or "")  # the last failure only, not one per sweep
+                values: dict[str, Any]
+                if entry["refused"]:
+                    # Retrying cannot help until the roots or the record change: no grace end and no
+                    # confirmation, so no sweep takes it again by itself; an owner who confirms again
+                    # (after fixing that) gets one more try.
+                    note = f"{reason}; deletion refused: {entry['error']}"
+                    values = {"reason": note, "delete_after": None, "confirmed_by": None}
+                else:
+                    values = {"reason": f"{reason}; delete failed: {entry['error']}"}  # the next sweep tries again
                 session.execute(
                     update(Dataset)
                     .where(Dataset.id == entry["id"], Dataset.state == DatasetState.DELETING)
-                    .values(
-                        state=DatasetState.PENDING_DELETION,
-                        reason=f"{entry['reason']}; delete failed: {entry['error']}",
-                    )
+                    .values(state=DatasetState.PENDING_DELETION, **values)
                 )
-            _audit_many(session, actor, "retention.delete-failed", failed)
+            _audit_many(session, actor, "retention.delete-refused", [e for e in failed if e["refused"]])
+            _audit_many(session, actor, "retention.delete-failed", [e for e in failed if not e["refused"]])
             session.commit()
             report.deleted.extend(deleted)
             report.failed.extend(failed)
@@ -371,10 +547,12 @@ class PeriodicSweeper:
         sessions: sessionmaker[Session],
         every: timedelta,
         *,
+        roots: Iterable[str],
         grace: timedelta = timedelta(days=3),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.sessions, self.every, self.grace, self.clock = sessions, every, grace, clock
+        self.deleter = RootedDeleter(roots)  # built now: bad roots fail at start, not at the first sweep
         self.sweeps = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="weiflow-retention-sweeper", daemon=True)
@@ -390,7 +568,7 @@ class PeriodicSweeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.every.total_seconds()):
             try:
-                report = sweep(self.sessions, now=self.clock(), grace=self.grace)
+                report = sweep(self.sessions, now=self.clock(), grace=self.grace, deleter=self.deleter)
                 log.info("scheduled retention sweep: %s", report.summary())
             except Exception:
                 log.exception("scheduled retention sweep failed; the next one runs in %s", self.every)
@@ -413,7 +591,7 @@ class Orphan:
 
 
 def find_orphans(
-    session: Session, roots: list[str], *, older_than_days: float, now: datetime | None = None
+    session: Session, roots: Iterable[str], *, older_than_days: float, now: datetime | None = None
 ) -> list[Orphan]:
     """Directories under ``roots`` holding files no dataset (live or pending) claims, untouched for the given days.
 

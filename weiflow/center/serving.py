@@ -16,13 +16,20 @@ import sys
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from weiflow.processes import die_with_parent
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["serve"]
 
 APP = "weiflow.center.api:app_from_settings"
 STOP_GRACE_S = 10.0
+# Per worker: connections and tasks beyond this get 503 at once instead of queueing without end.
+LIMIT_CONCURRENCY = 1000
+KEEP_ALIVE_S = 5
 
 
 def _worker(host: str, port: int, log_level: str) -> None:
@@ -38,7 +45,23 @@ def _worker(host: str, port: int, log_level: str) -> None:
     except OSError as exc:
         print(f"weiflow center serve: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         sys.exit(3)
-    uvicorn.Server(uvicorn.Config(APP, factory=True, log_level=log_level)).run(sockets=[sock])
+    uvicorn.Server(_config(log_level)).run(sockets=[sock])
+
+
+def _config(log_level: str, **kwargs: object) -> uvicorn.Config:
+    import uvicorn
+
+    return uvicorn.Config(
+        APP,
+        factory=True,
+        log_level=log_level,
+        limit_concurrency=LIMIT_CONCURRENCY,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        # uvicorn would believe X-Forwarded-For from any local process: the login throttle counts per
+        # client address, and a local client must not pick its own. Behind a proxy, see docs/center.md.
+        proxy_headers=False,
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def serve(host: str, port: int, *, workers: int, log_level: str = "info") -> int:
@@ -46,7 +69,7 @@ def serve(host: str, port: int, *, workers: int, log_level: str = "info") -> int
     if workers == 1:
         import uvicorn
 
-        uvicorn.run(APP, factory=True, host=host, port=port, log_level=log_level)
+        uvicorn.Server(_config(log_level, host=host, port=port)).run()
         return 0
     context = multiprocessing.get_context("spawn")  # no inherited threads (the sweeper) or engines
     processes: list[BaseProcess] = []

@@ -1,0 +1,220 @@
+"""Control center under event load and slow clients: ingestion throughput, and whether reads stay fast.
+
+Starts ``weiflow center serve`` (one worker per CPU, at most 4) on 127.0.0.1 over a fresh database
+and, with an owner's token:
+
+1. posts ``--batches`` batches of 500 events (the runtime spool's batch size) one after another:
+   events applied per second;
+2. posts 8 such batches at once while a probe asks ``GET /api/v1/me`` every 50 ms: the probe's
+   latencies (issue 11 measured this stalling for 15 s before ingestion was bounded per worker);
+3. opens 20 connections that trickle an event body a byte at a time while the probe runs: its
+   latencies, and whether each trickler got 408 once the body timeout passed.
+
+Targets: the probe's p99 under 100 ms and its worst under 1 s, in 2 and 3, on SQLite and on
+PostgreSQL (127.0.0.1:5432, database test, a schema of its own, dropped after).
+
+    .venv/bin/python bench/bench_center_ingest.py [--batches 6] [--backends sqlite,postgres] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from sqlalchemy import text
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_center import PG_URL, pct, serve  # noqa: E402
+
+from weiflow.center.db import make_engine, make_sessionmaker, migrate  # noqa: E402
+from weiflow.center.models import Role  # noqa: E402
+from weiflow.center.repository import create_token, create_user  # noqa: E402
+from weiflow.processes import stop_groups  # noqa: E402
+from weiflow.tracking import Event, EventKind  # noqa: E402
+
+BATCH = 500
+BODY_TIMEOUT_S = 10.0  # weiflow center serve's default
+
+
+def batch(pipeline: str, run: str) -> bytes:
+    events = [Event(EventKind.RUN_STARTED, run, pipeline, detail={"owner": "bench"})]
+    events += [
+        Event(EventKind.MODULE_STARTED, run, pipeline, node=f"n{i // 50}", module=f"m{i}") for i in range(BATCH - 1)
+    ]
+    return ("[" + ",".join(e.to_json() for e in events) + "]").encode()
+
+
+def post(base: str, token: str, body: bytes) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(f"{base}/api/v1/events", data=body, method="POST")
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=300) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+class Probe:
+    """``GET /api/v1/me`` every 50 ms in a thread, keeping each latency."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base, self.token = base, token
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            request = urllib.request.Request(f"{self.base}/api/v1/me")
+            request.add_header("Authorization", f"Bearer {self.token}")
+            started = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                answer.read()
+            self.latencies.append((time.perf_counter() - started) * 1000)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> str:
+        ms = self.latencies
+        return f"p50 {pct(ms, 0.5):.1f} ms, p99 {pct(ms, 0.99):.1f} ms, max {max(ms):.1f} ms over {len(ms)} probes"
+
+
+def bench(backend: str, args: argparse.Namespace) -> list[str]:
+    schema: str | None = None
+    with tempfile.TemporaryDirectory(prefix="weiflow-bench-ingest-") as tmp:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp}/center.db"
+        else:
+            url, schema = args.postgres_url, f"bench_ingest_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+            admin = make_engine(url, connect_args={"connect_timeout": 3})
+            try:
+                with admin.begin() as conn:
+                    conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            except Exception as exc:
+                print(f"bench_center_ingest: PostgreSQL at {url} not usable, skipped: {exc}", file=sys.stderr)
+                return [f"{backend}: skipped (no server)"]
+        engine = make_engine(url, schema=schema)
+        try:
+            migrate(engine)
+            with make_sessionmaker(engine)() as session:
+                create_user(session, "bench", Role.OWNER)
+                token = create_token(session, "bench")
+            process, base = serve(url, schema, args.workers)
+            try:
+                return measure(backend, base, token, args)
+            finally:
+                stop_groups([process], 10)
+        finally:
+            engine.dispose()
+            if schema is not None:
+                with admin.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+                admin.dispose()
+
+
+def measure(backend: str, base: str, token: str, args: argparse.Namespace) -> list[str]:
+    bodies = [batch("bench", f"seq{i}") for i in range(args.batches)]
+    started = time.perf_counter()
+    for body in bodies:
+        status, answer = post(base, token, body)
+        if status != 200 or answer.get("applied") != BATCH:
+            raise SystemExit(f"bench_center_ingest: a batch got {status} {answer}")
+    rate = args.batches * BATCH / (time.perf_counter() - started)
+    print(f"[{backend}] {args.batches} batches of {BATCH} events, one after another: {rate:,.0f} events/s", flush=True)
+
+    statuses: list[int] = []
+    together = [batch("bench", f"par{i}") for i in range(8)]
+    with Probe(base, token) as under_ingest:
+        posters = [threading.Thread(target=lambda b=b: statuses.append(post(base, token, b)[0])) for b in together]
+        for poster in posters:
+            poster.start()
+        for poster in posters:
+            poster.join()
+    print(
+        f"[{backend}] 8 batches at once (answers {sorted(statuses)}): /api/v1/me {under_ingest.summary()}", flush=True
+    )
+
+    host, port = base.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n["
+    ).encode()
+    slow = [socket.create_connection((host, int(port))) for _ in range(20)]
+    for client in slow:
+        client.sendall(head)
+    with Probe(base, token) as under_slow:
+        deadline = time.monotonic() + BODY_TIMEOUT_S + 1
+        while time.monotonic() < deadline:
+            for client in slow:
+                with contextlib.suppress(OSError):
+                    client.send(b" ")
+            time.sleep(0.25)
+    timed_out = 0
+    for client in slow:
+        client.settimeout(5)
+        with contextlib.suppress(OSError):
+            timed_out += client.recv(20).startswith(b"HTTP/1.1 408")
+        client.close()
+    print(f"[{backend}] 20 trickling clients ({timed_out} answered 408): /api/v1/me {under_slow.summary()}", flush=True)
+
+    verdicts = []
+    for label, probe in (("under 8 concurrent batches", under_ingest), ("beside 20 slow clients", under_slow)):
+        p99, worst = pct(probe.latencies, 0.99), max(probe.latencies)
+        ok = p99 < args.target_p99_ms and worst < args.target_max_ms
+        verdicts.append(
+            f"{backend}: /api/v1/me {label}: p99 {p99:.1f} ms, max {worst:.0f} ms "
+            f"(target < {args.target_p99_ms:g} ms, < {args.target_max_ms:g} ms) {'OK' if ok else 'MISSED'}"
+        )
+    verdicts.append(f"{backend}: ingestion {rate:,.0f} events/s (figure, no target)")
+    return verdicts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=6, help="batches of 500 posted one after another")
+    parser.add_argument("--workers", type=int, help="server processes (default: weiflow center serve's)")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--postgres-url", default=os.environ.get("WEIFLOW_TEST_POSTGRES_URL", PG_URL))
+    parser.add_argument("--target-p99-ms", type=float, default=100.0)
+    parser.add_argument("--target-max-ms", type=float, default=1000.0)
+    parser.add_argument("--quick", action="store_true", help="2 sequential batches")
+    args, unknown = parser.parse_known_args()
+    if unknown:
+        print(f"bench_center_ingest: ignoring options for other benches: {' '.join(unknown)}", file=sys.stderr)
+    if args.quick:
+        args.batches = 2
+    verdicts: list[str] = []
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if backend not in ("sqlite", "postgres"):
+            raise SystemExit(f"bench_center_ingest: unknown backend '{backend}' (sqlite, postgres)")
+        verdicts += bench(backend, args)
+    load_avg = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average {load_avg}; {os.cpu_count()} CPUs")
+    for line in verdicts:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

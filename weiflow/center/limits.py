@@ -52,7 +52,7 @@ class Limits:
     events: EventLimits = field(default_factory=EventLimits)
 
     def pool_options(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`weiflow.center.db.make_engine` (SQLite ignores none of them)."""
+        """Keyword arguments for :func:`weiflow.center.db.make_engine` (SQLite file databases pool too)."""
         return {"pool_size": self.pool_size, "max_overflow": self.max_overflow, "pool_timeout": self.pool_timeout_s}
 
     def to_env(self) -> dict[str, str]:

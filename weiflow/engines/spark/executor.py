@@ -38,6 +38,7 @@ from weiflow.engines.spark.submit import (
 from weiflow.engines.spark.tfrecord import read_tfrecord, tfrecord_columns, write_tfrecord
 from weiflow.errors import ConfigError, DatasetError, ModuleFailed, WeiflowError
 from weiflow.features.featuremap import FeatureError, FeatureMap
+from weiflow.modelrepo.contracts import SAMPLES_FEATURE_MAP_FILE
 from weiflow.runtime import Executor, NodeContext
 from weiflow.storage import SUCCESS_MARKER, atomic_output, local_path, sync_dataset
 from weiflow.tracking import Event, EventKind
@@ -45,7 +46,6 @@ from weiflow.tracking import Event, EventKind
 __all__ = ["DEFAULT_MASTER", "SparkExecutor", "spark_conf", "start_session"]
 
 DEFAULT_MASTER = "local[*]"
-FEATURE_MAP_FILE = "_featuremap.json"
 
 # Settings WeiFlow applies unless the node's <conf> or WEIFLOW_SPARK_MASTER says otherwise:
 # no web UI port, UTC, and no second (empty) _SUCCESS from Hadoop's committer: WeiFlow writes
@@ -291,8 +291,9 @@ def _read(
         frame = frame.select(*columns)
     feature_map = None
     path = local_path(dataset.uri)
-    if path is not None and (path / FEATURE_MAP_FILE).is_file():
-        feature_map = FeatureMap.from_json((path / FEATURE_MAP_FILE).read_text(), source=str(path / FEATURE_MAP_FILE))
+    if path is not None and (path / SAMPLES_FEATURE_MAP_FILE).is_file():
+        map_file = path / SAMPLES_FEATURE_MAP_FILE
+        feature_map = FeatureMap.from_json(map_file.read_text(), source=str(map_file))
     return _Output(frame, feature_map)
 
 
@@ -327,7 +328,7 @@ def _write(
             )
         out.schema = {field.name: field.dataType.simpleString() for field in source.frame.schema.fields}
         if source.feature_map is not None:
-            with fsspec.open(f"{out.target}/{FEATURE_MAP_FILE}", "w") as handle:
+            with fsspec.open(f"{out.target}/{SAMPLES_FEATURE_MAP_FILE}", "w") as handle:
                 handle.write(source.feature_map.to_json())
     ctx.record_dataset(module, dataset.name, rows=out.rows, schema=out.schema)
     return source

@@ -39,6 +39,7 @@ from weiflow.engines.tensorflow.cluster import (
 from weiflow.engines.tensorflow.job import InputData, ModelInput, TrainJob
 from weiflow.errors import DatasetError, ModuleFailed
 from weiflow.features.featuremap import FeatureMap
+from weiflow.modelrepo.contracts import FEATURE_MAP_PATH, SAMPLE_SCHEMA_FILE, SAMPLES_FEATURE_MAP_FILE
 from weiflow.processes import stop_groups
 from weiflow.registry import default_registry
 from weiflow.runtime import Executor, NodeContext
@@ -46,10 +47,8 @@ from weiflow.spec import did_you_mean
 from weiflow.storage import atomic_output, local_path
 from weiflow.tracking import EventKind
 
-__all__ = ["FEATURE_MAP_FILE", "TensorflowExecutor", "read_samples"]
+__all__ = ["TensorflowExecutor", "read_samples"]
 
-FEATURE_MAP_FILE = "_featuremap.json"  # written next to the samples by the Spark engine's features module
-TFRECORD_SCHEMA_FILE = "_schema.json"  # written next to TFRecord samples by the Spark engine
 _CHIEF = (sys.executable, "-m", "weiflow.engines.tensorflow.trainer")
 # Embedding rows of all categorical features together: 2^27 rows of 8 floats is 4 GiB per table
 # and its optimizer slots; beyond that a model belongs on sharded variables (not done yet).
@@ -80,12 +79,13 @@ def read_samples(name: str, uri: str) -> Samples:
     if path is None or not path.is_dir():
         raise DatasetError(f"dataset '{name}': {uri} is not a local directory (the local backend reads local storage)")
     feature_map = None
-    if (path / FEATURE_MAP_FILE).is_file():
-        feature_map = FeatureMap.from_json((path / FEATURE_MAP_FILE).read_text(), source=str(path / FEATURE_MAP_FILE))
+    if (path / SAMPLES_FEATURE_MAP_FILE).is_file():
+        map_file = path / SAMPLES_FEATURE_MAP_FILE
+        feature_map = FeatureMap.from_json(map_file.read_text(), source=str(map_file))
     files = sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith(("_", ".")))
     if not files:
         raise DatasetError(f"dataset '{name}' at {uri} has no data files")
-    schema_file = path / TFRECORD_SCHEMA_FILE
+    schema_file = path / SAMPLE_SCHEMA_FILE
     if schema_file.is_file():
         schema = json.loads(schema_file.read_text())
         columns = {c["name"]: c["dtype"] for c in schema["columns"] if c.get("shape", "scalar") == "scalar"}
@@ -94,7 +94,7 @@ def read_samples(name: str, uri: str) -> Samples:
         parquet = pq.ParquetDataset(files)
     except Exception as exc:  # pyarrow raises several types for "not parquet"
         raise DatasetError(
-            f"dataset '{name}' at {uri}: neither TFRecord written by WeiFlow (no {TFRECORD_SCHEMA_FILE}) "
+            f"dataset '{name}' at {uri}: neither TFRecord written by WeiFlow (no {SAMPLE_SCHEMA_FILE}) "
             f"nor Parquet ({exc})"
         ) from exc
     columns = {}
@@ -385,9 +385,9 @@ def _export(call: _Call) -> TrainedModel:
         version_dir.parent.mkdir(parents=True, exist_ok=True)
         ex._run_chief("export", [str(trained.job_file), str(version_dir)], work / "export.log")
         if trained.feature_map is not None:
-            extra = version_dir / "assets.extra"
-            extra.mkdir(exist_ok=True)
-            (extra / "featuremap.json").write_text(trained.feature_map.to_json())
+            featuremap = version_dir / FEATURE_MAP_PATH  # where the repository and serving look for it
+            featuremap.parent.mkdir(exist_ok=True)
+            featuremap.write_text(trained.feature_map.to_json())
     ctx.record_dataset(module, dataset.name, detail={"model": model_name, "version": version})
     return trained
 

@@ -195,7 +195,7 @@ def test_modules_lists_the_registry() -> None:
     out = weiflow("modules", "tensorflow", check=True).stdout
     assert out.startswith("tensorflow  ")
     assert "batch-size" in out and "whole number (>= 1)" in out
-    assert weiflow("modules", "deploy", check=True).stdout.startswith("deploy  (validate only)")
+    assert weiflow("modules", "deploy", check=True).stdout.startswith("deploy  (runs here)")
 
 
 def test_config_file_and_environment(tmp_path: Path) -> None:

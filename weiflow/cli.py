@@ -299,6 +299,12 @@ def _cmd_center(args: argparse.Namespace, settings: Settings) -> int:
     return int(center_cli.main(args.center_args, settings))
 
 
+def _cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
+    # Loaded by name, at call time, like the center: the core imports no engine.
+    deploy_cli = importlib.import_module("weiflow.engines.deploy.cli")
+    return int(deploy_cli.main(args.deploy_args, settings))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weiflow", description="XML pipelines compiled into two-level DAGs.")
     parser.add_argument("--version", action="version", version=f"weiflow {__version__}")
@@ -357,6 +363,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("center_args", nargs=argparse.REMAINDER, metavar="SUBCOMMAND ...")
     p.set_defaults(handler=_cmd_center)
+
+    p = sub.add_parser(
+        "deploy",
+        help="the model repository: publish, promote, rollback, status",
+        description="Subcommands: publish, promote, rollback, status (see 'weiflow deploy publish --help').",
+    )
+    p.add_argument("deploy_args", nargs=argparse.REMAINDER, metavar="ACTION ...")
+    p.set_defaults(handler=_cmd_deploy)
     return parser
 
 

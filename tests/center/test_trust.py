@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.center.conftest import PG_URL, _postgres_problem
+from tests.center.conftest import PG_URL, _postgres_problem, activity_run_events
 from weiflow.center.db import make_engine, make_sessionmaker, migrate
 from weiflow.center.models import AuditEntry, Dataset, Model, ModelVersion, Pipeline, Role
 from weiflow.center.repository import create_token, create_user
@@ -114,12 +114,12 @@ def center(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         WEIFLOW_CENTER_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
     )
     port = free_port()
+    log = (tmp / "center.log").open("w")  # a file, not a pipe: an undrained pipe would block the server
     server = subprocess.Popen(
         [sys.executable, "-m", "weiflow", "center", "serve", "--port", str(port), "--workers", "2", "--sweep-every=0"],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
-        text=True,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -131,12 +131,15 @@ def center(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         except httpx.TransportError:
             if server.poll() is not None or time.monotonic() > deadline:
                 stop_groups([server], grace_s=10)
-                raise AssertionError(f"the center did not start: {server.communicate()[0][-3000:]}") from None
+                log.close()
+                raise AssertionError(f"the center did not start: {(tmp / 'center.log').read_text()[-3000:]}") from None
             time.sleep(0.2)
     try:
         yield Center(base, env, sessions, storage, tokens)
     finally:
         stop_groups([server], grace_s=10)
+        log.close()
+        assert "Traceback" not in (tmp / "center.log").read_text(), "the center logged an unhandled error"
         engine.dispose()
         next(databases, None)
 
@@ -255,6 +258,15 @@ def test_a_forged_replay_of_another_groups_run_changes_no_owner_and_deletes_noth
         assert owner_changes == []
 
 
+def test_a_real_runs_events_pass_validation_and_apply(center: Center) -> None:
+    events = activity_run_events(run_id=f"real-{uuid.uuid4().hex[:6]}")  # owner 'growth': an admin posts it
+    answer = center.post_events("root", events).json()
+    assert (answer["applied"], answer["rejected"], answer["problems"]) == (len(events), 0, []), answer
+    [run] = center.get("/api/v1/runs", params={"pipeline": "user_activity_report", "limit": 1}).json()["items"]
+    nodes = center.get(f"/api/v1/runs/{run['id']}").json()["nodes"]
+    assert [n["state"] for n in nodes] == ["succeeded"] * len(nodes) and any(n["upstream"] for n in nodes)
+
+
 def test_an_owner_change_needs_a_new_spec_version_from_someone_who_answers_for_both_and_is_audited(
     center: Center,
 ) -> None:
@@ -293,8 +305,10 @@ def test_a_bad_event_is_refused_with_its_reason_and_the_rest_of_its_batch_applie
         {**json.loads(good[0].to_json()), "id": uuid.uuid4().hex, "detail": {"auc": float("nan")}},
         {"kind": "run.started"},
         7,
+        {**json.loads(good[0].to_json()), "id": uuid.uuid4().hex, "run_id": "a\x00b"},
+        {**json.loads(good[1].to_json()), "id": uuid.uuid4().hex, "detail": {"upstream": {"a": []}}},
     ]
-    answer = center.post_events("qa", [bad[0], good[0], bad[1], *good[1:3], bad[2], bad[3], *good[3:], bad[4], bad[5]])
+    answer = center.post_events("qa", [bad[0], good[0], bad[1], *good[1:3], bad[2], bad[3], *good[3:], *bad[4:]])
     body = answer.json()
     assert answer.status_code == 200 and (body["applied"], body["rejected"]) == (len(good), len(bad)), body
     reasons = "\n".join(body["problems"])
@@ -312,6 +326,11 @@ def test_a_bad_event_is_refused_with_its_reason_and_the_rest_of_its_batch_applie
         assert center.get(path).status_code == 200
     later = Event(EventKind.NODE_STARTED, "r1", f"good_{tag}", node="make", attempt=2)
     assert center.post_events("qa", [later]).json()["applied"] == 1
+    # Explicit nulls mean "not given"; a NUL in a list filter is a 422 (PostgreSQL cannot compare it).
+    nulls = Event(EventKind.NODE_STARTED, "r1", f"good_{tag}", node="nulls", detail={"modules": None, "reads": None})
+    assert center.post_events("qa", [nulls]).json()["applied"] == 1
+    for path in ("/api/v1/runs?pipeline=%00", "/api/v1/datasets?name=a%00b", "/api/v1/datasets?owner=%00"):
+        assert center.get(path).status_code == 422, path
     # A body nested 1,000 deep is a 400, not a 500.
     deep = httpx.post(f"{center.url}/api/v1/events", content="[" * 1000 + "]" * 1000, headers=center.headers("qa"))
     assert deep.status_code in (200, 400) and deep.status_code < 500

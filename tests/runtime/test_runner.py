@@ -15,6 +15,7 @@ import pytest
 from weiflow.config import load_settings
 from weiflow.dag import compile_file
 from weiflow.errors import ConfigError, DatasetError, EngineNotAvailable, ModuleFailed, UserCodeError
+from weiflow.registry import default_registry
 from weiflow.runtime import NodeState, RunContext, run_node, run_pipeline
 from weiflow.storage import SUCCESS_MARKER
 from weiflow.tracking import EventKind, MemoryTracker
@@ -217,7 +218,13 @@ def test_run_node_refuses_missing_input(make_spec: Callable[..., Path], steps_mo
     run_node(run, "use")  # now it is there
 
 
-def test_a_node_whose_engine_cannot_run_fails_clearly_and_is_not_retried(make_spec: Callable[..., Path]) -> None:
+def test_a_node_whose_engine_cannot_run_fails_clearly_and_is_not_retried(
+    make_spec: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An engine declared without an executor (as deploy was before it ran): its nodes validate only.
+    deploy = default_registry().engines["deploy"]
+    monkeypatch.setattr(deploy, "executor", None)
+    monkeypatch.setattr(deploy, "unavailable", "engine 'deploy' is declared but this WeiFlow build cannot run it yet")
     path = make_spec("""
   <datasets>
     <dataset name="m" uri="file:///models/m" format="savedmodel" external="true"/>

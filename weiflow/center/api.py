@@ -116,6 +116,8 @@ User = Annotated[Principal, Depends(_principal)]
 # Id columns are 32-bit on PostgreSQL (repo.MAX_ID): a larger number is a 422, not a driver's error (a 500).
 RecordId = Annotated[int, Path(ge=1, le=repo.MAX_ID)]
 Before = Annotated[int | None, Query(ge=1, le=repo.MAX_ID)]
+# A list filter: no stored value is longer or holds a NUL (which PostgreSQL cannot even compare): 422.
+Filter = Annotated[str | None, Query(max_length=1024, pattern=r"^[^\x00]*$")]
 
 
 class ErrorAnswer(BaseModel):
@@ -223,8 +225,8 @@ def create_app(
         db: Reader,
         user: User,
         *,
-        pipeline: str | None = None,
-        state: str | None = None,
+        pipeline: Filter = None,
+        state: Filter = None,
         limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
         before: Before = None,
     ) -> dict[str, Any]:
@@ -243,10 +245,10 @@ def create_app(
         db: Reader,
         user: User,
         *,
-        state: str | None = None,
-        owner: str | None = None,
-        name: str | None = None,
-        pipeline: str | None = None,
+        state: Filter = None,
+        owner: Filter = None,
+        name: Filter = None,
+        pipeline: Filter = None,
         limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 50,
         before: Before = None,
     ) -> Response:

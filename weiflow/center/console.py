@@ -47,6 +47,7 @@ SESSION_COOKIE = "wf_session"
 LOGIN_COOKIE = "wf_login"
 SESSION_TTL = timedelta(hours=12)
 PAGE = 50
+FILTER_MAX = 1024  # the longest stored value a filter compares with (a dataset URI)
 ACTIONS = {
     "confirm-deletion": "deletion confirmed: the next sweep deletes the files and keeps a tombstone",
     "reject-deletion": "deletion rejected: kept, and not marked again for 30 days",
@@ -210,6 +211,14 @@ def _bad_before(request: Request, user: Principal) -> Response:
     return _page(request, "error.html", {"message": message}, user=user, status=422)
 
 
+def _bad_filter(request: Request, user: Principal, *values: str | None) -> Response | None:
+    """A 422 page for a filter no stored value can match and PostgreSQL cannot even compare (a NUL)."""
+    if any(value and ("\x00" in value or len(value) > FILTER_MAX) for value in values):
+        message = f"Filters are text of at most {FILTER_MAX} characters, without NUL characters."
+        return _page(request, "error.html", {"message": message}, user=user, status=422)
+    return None
+
+
 def _form_ok(form_value: Any, cookie: str | None, purpose: str = "form") -> bool:
     if not cookie or not isinstance(form_value, str):
         return False
@@ -315,6 +324,8 @@ def add_console(app: FastAPI) -> None:
             user = _user(request, db)
             if before and _id(before) is None:
                 return _bad_before(request, user)
+            if refused := _bad_filter(request, user, pipeline, state):
+                return refused
             items = repo.list_runs(db, pipeline=pipeline or None, state=state or None, limit=PAGE, before=_id(before))
         filters = {k: v for k, v in (("pipeline", pipeline), ("state", state)) if v}
         more = urlencode({**filters, "before": items[-1]["id"]}) if len(items) == PAGE else None
@@ -343,6 +354,8 @@ def add_console(app: FastAPI) -> None:
             user = _user(request, db)
             if before and _id(before) is None:
                 return _bad_before(request, user)
+            if refused := _bad_filter(request, user, state, owner, name):
+                return refused
             items = repo.list_datasets(
                 db, state=state or None, owner=owner or None, name=name or None, limit=PAGE, before=_id(before)
             )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from weiflow.center.retention import parse_policy
 from weiflow.errors import ConfigError
@@ -103,7 +103,8 @@ class _DetailIn(BaseModel):
     priority: Annotated[str, StringConstraints(max_length=20)] | None = None
     spec_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
     params: dict[Name, Any] | None = Field(None, max_length=1000)
-    upstream: dict[Name, list[Name]] | None = Field(None, max_length=10_000)
+    # run.started: the outer DAG (node -> its upstream nodes); node.started: that node's upstream nodes.
+    upstream: dict[Name, list[Name]] | list[Name] | None = Field(None, max_length=10_000)
     uses: list[Uri] | None = Field(None, max_length=10_000)
     queued: bool | None = None
     engine: Short | None = None
@@ -148,13 +149,27 @@ class _EventIn(_Strict):
         datetime.fromisoformat(value)  # ValueError: not an ISO 8601 time
         return value
 
+    @model_validator(mode="after")
+    def _upstream_shape(self) -> _EventIn:
+        upstream = self.detail.upstream if self.detail else None
+        if self.kind is EventKind.RUN_STARTED and isinstance(upstream, list):
+            raise ValueError("detail.upstream of run.started maps each node to its upstream nodes (an object)")
+        if self.kind is EventKind.NODE_STARTED and isinstance(upstream, dict):
+            raise ValueError("detail.upstream of node.started lists that node's upstream nodes (an array)")
+        return self
+
 
 def _check_shape(value: Any, limits: EventLimits, depth: int = 0, where: str = "event") -> None:
-    """Nesting within ``max_depth`` and only finite numbers, anywhere (NaN is not JSON and breaks readers)."""
+    """Nesting within ``max_depth``, only finite numbers (NaN is not JSON and breaks readers) and no
+    NUL characters (PostgreSQL's text refuses them), anywhere."""
     if depth > limits.max_depth:
         raise EventRejected(f"{where}: nested deeper than {limits.max_depth} levels")
+    if isinstance(value, str) and "\x00" in value:
+        raise EventRejected(f"{where}: contains a NUL character")
     if isinstance(value, dict):
         for key, item in value.items():
+            if "\x00" in key:
+                raise EventRejected(f"{where}: a key contains a NUL character")
             _check_shape(item, limits, depth + 1, f"{where}.{key}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -205,7 +220,8 @@ def validate_event(item: Any, limits: EventLimits | None = None) -> Event:
         parsed = _EventIn.model_validate(item)
     except ValidationError as exc:
         raise EventRejected(_reason(exc)) from None
-    detail = item.get("detail") or {}
+    # An explicit null means "not given": readers then see a missing key, never a null where they expect a list.
+    detail = {key: value for key, value in (item.get("detail") or {}).items() if value is not None}
     if len(json.dumps(detail)) > limits.max_detail_bytes:
         raise EventRejected(f"detail: larger than {limits.max_detail_bytes} bytes of JSON")
     dataset = None

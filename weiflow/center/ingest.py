@@ -524,7 +524,7 @@ class _Applier:
         if uri:
             version.uri = str(uri)
             version.dataset_id = self.s.scalar(select(Dataset.id).where(Dataset.uri == str(uri)))
-        if "deployed" in spec:
+        if spec.get("deployed") is not None:
             version.deployed = bool(spec["deployed"])
-        if "traffic" in spec:
+        if spec.get("traffic") is not None:
             version.traffic = float(spec["traffic"])

@@ -341,6 +341,11 @@ def list_runs(
     ]
 
 
+def _names(value: Any) -> list[str]:
+    """A node's upstream nodes as stored: a list (rows from before events were validated may hold anything)."""
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
 def run_detail(session: Session, run_pk: int) -> dict[str, Any] | None:
     """A run with its two-level DAG: outer nodes (state, scheduling classes) each with their modules."""
     row = session.execute(
@@ -367,7 +372,7 @@ def run_detail(session: Session, run_pk: int) -> dict[str, Any] | None:
             {
                 "id": node_id,
                 "state": node.state if node else "queued",
-                "upstream": run.upstream.get(node_id) or (node.plan.get("upstream", []) if node else []),
+                "upstream": _names(run.upstream.get(node_id) or (node.plan.get("upstream") if node else None)),
                 "engine": node.engine if node else None,
                 "attempt": node.attempt if node else None,
                 "priority": (node.priority if node else None) or run.priority,

@@ -12,6 +12,7 @@ A model repository, laid out as TensorFlow Serving reads it (``--model_base_path
         saved_model.pb, variables/, assets/          the SavedModel
         assets.extra/featuremap.json                 FEATURE_MAP_PATH
         assets.extra/weiflow-manifest.json           MANIFEST_PATH (a Manifest)
+        assets.extra/weiflow-metrics.json            EXPORT_METRICS_PATH (the run's evaluate metrics)
     <repository>/<model>/weiflow-routing.json        ROUTING_FILE (see routing.py)
     <repository>/<model>/.weiflow/                   staging, claims, lock (never served)
 
@@ -34,6 +35,7 @@ from weiflow.errors import WeiflowError
 
 __all__ = [
     "ASSETS_EXTRA_DIR",
+    "EXPORT_METRICS_PATH",
     "FEATURE_MAP_PATH",
     "MANIFEST_PATH",
     "MANIFEST_SCHEMA",
@@ -62,6 +64,9 @@ ASSETS_EXTRA_DIR = "assets.extra"
 FEATURE_MAP_PATH = f"{ASSETS_EXTRA_DIR}/featuremap.json"
 MANIFEST_PATH = f"{ASSETS_EXTRA_DIR}/weiflow-manifest.json"
 MANIFEST_SCHEMA = "weiflow.manifest/1"
+# Written by an export module beside the SavedModel: {"pipeline", "run_id", "metrics"} of the
+# evaluate module before it in the same node, so a later deploy node (another process) can gate on them.
+EXPORT_METRICS_PATH = f"{ASSETS_EXTRA_DIR}/weiflow-metrics.json"
 ROUTING_FILE = "weiflow-routing.json"
 STATE_DIR = ".weiflow"  # hidden: TF Serving, listing numeric names only, never looks inside
 

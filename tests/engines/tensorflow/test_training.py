@@ -112,6 +112,14 @@ def test_ps_training_reaches_the_signal_evaluates_and_exports_a_servable_model(
     version = out / "ctr" / "7"
     assert (version / "saved_model.pb").is_file()
     assert json.loads((version / "assets.extra" / "featuremap.json").read_text())["features"]
+    # The evaluate metrics travel with the export, for a deploy node's require= gate.
+    carried = json.loads((version / "assets.extra" / "weiflow-metrics.json").read_text())
+    assert carried["run_id"] == "r1" and carried["pipeline"] == "ctr"
+    assert carried["metrics"] == {k: evaluated[k] for k in ("auc", "logloss", "accuracy")}
+    # ...and the exported model passes the publish load check.
+    from weiflow.engines.deploy.actions import LoadChecker
+
+    assert LoadChecker(timeout_s=120)(version)["ok"]
 
     # The SavedModel, loaded in a fresh process, predicts what the trained model predicts.
     rows = pq.read_table(data / "holdout").slice(0, 300).to_pydict()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -39,7 +40,12 @@ from weiflow.engines.tensorflow.cluster import (
 from weiflow.engines.tensorflow.job import InputData, ModelInput, TrainJob
 from weiflow.errors import DatasetError, ModuleFailed
 from weiflow.features.featuremap import FeatureMap
-from weiflow.modelrepo.contracts import FEATURE_MAP_PATH, SAMPLE_SCHEMA_FILE, SAMPLES_FEATURE_MAP_FILE
+from weiflow.modelrepo.contracts import (
+    EXPORT_METRICS_PATH,
+    FEATURE_MAP_PATH,
+    SAMPLE_SCHEMA_FILE,
+    SAMPLES_FEATURE_MAP_FILE,
+)
 from weiflow.processes import stop_groups
 from weiflow.registry import default_registry
 from weiflow.runtime import Executor, NodeContext
@@ -144,6 +150,7 @@ class TensorflowExecutor(Executor):
         self._backend: ClusterBackend | None = None
         self._child: subprocess.Popen[bytes] | None = None
         self._cancelled = threading.Event()
+        self.measured: dict[str, float] = {}  # evaluate metrics so far in this node, for export to carry
 
     def run_node(self, ctx: NodeContext) -> None:
         ctx.run_modules(lambda module, inputs: self._run_module(ctx, module, inputs))
@@ -370,6 +377,8 @@ def _evaluate(call: _Call) -> TrainedModel:
         attempt=ctx.attempt,
         detail={"dataset": name or "(training data)", **metrics},
     )
+    # Kept for an export later in this node (its sibling, usually): a deploy gate reads them there.
+    ex.measured.update({k: float(v) for k, v in metrics.items() if k in METRICS and math.isfinite(v)})
     return trained
 
 
@@ -388,6 +397,12 @@ def _export(call: _Call) -> TrainedModel:
             featuremap = version_dir / FEATURE_MAP_PATH  # where the repository and serving look for it
             featuremap.parent.mkdir(exist_ok=True)
             featuremap.write_text(trained.feature_map.to_json())
+        # The metrics evaluate modules measured before it in this node, for a publish gate
+        # (require=) in a later node: another process, perhaps another machine.
+        carried = {"pipeline": ctx.run.dag.name, "run_id": ctx.run_id, "metrics": dict(ex.measured)}
+        metrics_file = version_dir / EXPORT_METRICS_PATH
+        metrics_file.parent.mkdir(exist_ok=True)
+        metrics_file.write_text(json.dumps(carried, indent=1, sort_keys=True) + "\n")
     ctx.record_dataset(module, dataset.name, detail={"model": model_name, "version": version})
     return trained
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,14 +25,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.center.conftest import PG_URL, _postgres_problem, activity_run_events
-from weiflow.center.db import make_engine, make_sessionmaker, migrate
+from tests.center.conftest import activity_run_events
+from tests.center.servers import add_users, database_url, running_center
+from weiflow.center.db import make_engine, make_sessionmaker
 from weiflow.center.models import AuditEntry, Dataset, Model, ModelVersion, Pipeline, Role
-from weiflow.center.repository import create_token, create_user
-from weiflow.processes import free_port, stop_groups
 from weiflow.tracking import DatasetInfo, Event, EventKind
 
 pytestmark = pytest.mark.integration
@@ -66,82 +64,26 @@ class Center:
         )
 
 
-def _database(kind: str, tmp: Path) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'center.db'}"
-        return
-    problem = _postgres_problem()
-    if problem:
-        pytest.skip(problem)
-    schema = f"wf_trust_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def center(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
     """A real center (2 workers) with users: root (admin), qa (owner, group qa), eve (owner, group other), vera."""
     tmp = tmp_path_factory.mktemp(f"center-{request.param}")
-    storage = tmp / "storage"
-    storage.mkdir()
-    databases = _database(request.param, tmp)
-    url = next(databases)
-    engine = make_engine(url)
-    migrate(engine)
-    sessions = make_sessionmaker(engine)
-    tokens = {}
-    with sessions() as session:
-        for name, role, groups in (
-            ("root", Role.ADMIN, []),
-            ("qa", Role.OWNER, ["qa"]),
-            ("eve", Role.OWNER, ["other"]),
-            ("vera", Role.VIEWER, []),
-        ):
-            create_user(session, name, role, groups=groups)
-            tokens[name] = create_token(session, name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIFLOW_")}
-    env.update(
-        WEIFLOW_VAR_DIR=str(tmp / "var"),
-        WEIFLOW_DATABASE_URL=url,
-        WEIFLOW_STORAGE=f"file://{storage}",
-        WEIFLOW_CENTER_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
-    )
-    port = free_port()
-    log = (tmp / "center.log").open("w")  # a file, not a pipe: an undrained pipe would block the server
-    server = subprocess.Popen(
-        [sys.executable, "-m", "weiflow", "center", "serve", "--port", str(port), "--workers", "2", "--sweep-every=0"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{base}/api/openapi.json", timeout=1)
-            break
-        except httpx.TransportError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                stop_groups([server], grace_s=10)
-                log.close()
-                raise AssertionError(f"the center did not start: {(tmp / 'center.log').read_text()[-3000:]}") from None
-            time.sleep(0.2)
-    try:
-        yield Center(base, env, sessions, storage, tokens)
-    finally:
-        stop_groups([server], grace_s=10)
-        log.close()
-        assert "Traceback" not in (tmp / "center.log").read_text(), "the center logged an unhandled error"
-        engine.dispose()
-        next(databases, None)
+    with database_url(request.param, tmp) as url:
+        tokens = add_users(
+            url,
+            {
+                "root": (Role.ADMIN, []),
+                "qa": (Role.OWNER, ["qa"]),
+                "eve": (Role.OWNER, ["other"]),
+                "vera": (Role.VIEWER, []),
+            },
+        )
+        with running_center(tmp, url, workers=2, WEIFLOW_CENTER_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S)) as (base, env):
+            engine = make_engine(url)
+            try:
+                yield Center(base, env, make_sessionmaker(engine), tmp / "storage", tokens)
+            finally:
+                engine.dispose()
 
 
 def run_events(pipeline: str, run_id: str, owner: str, writes: dict[str, tuple[str, str]], **extra: Any) -> list[Event]:

@@ -52,6 +52,7 @@ from weiflow.center.apimodels import (
 )
 from weiflow.center.console import add_console
 from weiflow.center.db import make_engine, make_sessionmaker
+from weiflow.center.eventschema import event_batch_schema
 from weiflow.center.ingest import IngestResult, ingest_events, parse_events
 from weiflow.center.limits import BodyLimits, Limits
 from weiflow.center.models import Role
@@ -183,7 +184,18 @@ def create_app(
     async def me(user: User) -> dict[str, Any]:
         return {"username": user.username, "role": str(user.role), "groups": list(user.groups)}
 
-    @app.post("/api/v1/events", response_model=IngestAnswer, responses=_answers(400, 403, 413, 503))
+    @app.post(
+        "/api/v1/events",
+        response_model=IngestAnswer,
+        responses=_answers(400, 403, 413, 503),
+        # The body is read raw (each event is validated on its own, see post_events); described here.
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": event_batch_schema(limits.max_events)}},
+            }
+        },
+    )
     async def post_events(request: Request, user: User) -> dict[str, Any]:
         """Ingest a JSON array of events (the runtime's spool posts these); idempotent by event id.
 

@@ -20,13 +20,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from weiflow.center.retention import parse_policy
 from weiflow.errors import ConfigError
 from weiflow.tracking import DatasetInfo, Event, EventKind
 
-__all__ = ["EventLimits", "EventRejected", "validate_event"]
+__all__ = ["EventLimits", "EventRejected", "event_batch_schema", "validate_event"]
 
 MAX_INT = 2**63 - 1  # the widest integer column (BIGINT) on both databases
 
@@ -242,3 +251,31 @@ def validate_event(item: Any, limits: EventLimits | None = None) -> Event:
         ts=parsed.ts,
         id=parsed.id,
     )
+
+
+def event_batch_schema(max_events: int) -> dict[str, Any]:
+    """The JSON schema of a batch of events, for the API's OpenAPI description.
+
+    Self-contained: in an OpenAPI document a ``#/$defs/...`` reference would resolve against the
+    document's root, so the (non-recursive) definitions are written in place.
+    """
+    schema = TypeAdapter(list[_EventIn]).json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(value: Any) -> Any:
+        if isinstance(value, dict):
+            ref = value.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [inline(item) for item in value]
+        return value
+
+    schema = inline(schema)
+    schema["maxItems"] = max_events
+    schema["description"] = (
+        "Events as the runtime emits them (weiflow.tracking.Event). Each is checked on its own: a malformed "
+        "one, or a claim the token may not make, is rejected with its reason and the rest applied."
+    )
+    return dict(schema)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -204,3 +205,32 @@ def test_a_cleared_run_is_reopened_and_late_ends_of_earlier_attempts_ignored(ses
         assert session.scalar(select(Run.duration_s)) == 600.0  # attempt 2's time
         ingest_events(session, [ended(19, 2, ok=False)])  # an older end (say, before a manual 'mark success')
         assert the_run(session)[0] == "succeeded"
+
+
+def test_parallel_batches_of_one_new_run_lose_no_event(sessions: sessionmaker[Session]) -> None:
+    """Parallel Airflow tasks of one run post at once: both batches create the run's row; none is dropped."""
+    batches = [
+        [Event(EventKind.MODULE_STARTED, f"r{round_}", "p", node=f"n{task}", module=f"m{i}") for i in range(20)]
+        for round_ in range(5)
+        for task in range(2)
+    ]
+    for round_ in range(5):
+        pair = batches[2 * round_ : 2 * round_ + 2]
+        start = threading.Barrier(2)
+        results: list[int] = []
+
+        def post(events: list[Event], start: threading.Barrier, results: list[int]) -> None:
+            start.wait()
+            with sessions() as session:
+                results.append(ingest_events(session, events).applied)
+
+        threads = [threading.Thread(target=post, args=(events, start, results)) for events in pair]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(results) == [20, 20], (round_, results)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(IngestedEvent)) == 200
+        assert session.scalar(select(func.count()).select_from(ModuleRun)) == 200
+        assert session.scalar(select(func.count()).select_from(Run)) == 5

@@ -135,33 +135,53 @@ def ingest_events(
     result = IngestResult()
     batch = [entry if isinstance(entry, tuple) else (position, entry) for position, entry in enumerate(events)]
     seen = _already_ingested(session, [event.id for _, event in batch])
-    rows: dict[
-        tuple[Any, ...], Any
-    ] = {}  # rows this batch looked up, by natural key: one query each, not one per event
+    # Rows this batch looked up, by natural key: one query each, not one per event.
+    rows: dict[tuple[Any, ...], Any] = {}
     for index, event in batch:
         if event.id in seen:
             result.duplicate += 1
             continue
         seen.add(event.id)
-        try:
-            with session.begin_nested():
-                session.add(IngestedEvent(id=event.id, kind=str(event.kind)))
-                session.flush()
-                _Applier(session, event, principal, rows, now or datetime.now(UTC)).apply()
-        except IntegrityError:
-            # Another center process applied the same event (or created the same row) meanwhile.
-            rows.clear()  # rows made inside the rolled-back savepoint are gone
-            result.duplicate += 1
-            continue
-        except Refused as exc:
-            rows.clear()
+        outcome = _apply_one(session, event, principal, rows, now or datetime.now(UTC))
+        if isinstance(outcome, Refused):
             result.rejected += 1
-            result.problems.append(f"event {index} ({event.kind} of {event.pipeline}/{event.run_id}): {exc}")
-            log.warning("refused event %s from %s: %s", event.id, principal.username if principal else "-", exc)
+            result.problems.append(f"event {index} ({event.kind} of {event.pipeline}/{event.run_id}): {outcome}")
+            log.warning("refused event %s from %s: %s", event.id, principal.username if principal else "-", outcome)
+            continue
+        if outcome == "duplicate":
+            result.duplicate += 1
             continue
         result.applied += 1
     session.commit()
     return result
+
+
+def _apply_one(
+    session: Session,
+    event: Event,
+    principal: Principal | None,
+    rows: dict[tuple[Any, ...], Any],
+    now: datetime,
+) -> str | Refused:
+    """'applied', 'duplicate', or the refusal. A unique-key clash means another center process
+    applied this event meanwhile, or created a row it needs (the same run, node or dataset from
+    a parallel task's batch): then it is applied again, now finding that row, never dropped."""
+    for _ in range(3):
+        try:
+            with session.begin_nested():
+                session.add(IngestedEvent(id=event.id, kind=str(event.kind)))
+                session.flush()
+                _Applier(session, event, principal, rows, now).apply()
+        except IntegrityError:
+            rows.clear()  # rows made inside the rolled-back savepoint are gone
+            if session.get(IngestedEvent, event.id) is not None:
+                return "duplicate"
+            continue
+        except Refused as refused:
+            rows.clear()
+            return refused
+        return "applied"
+    raise RuntimeError(f"event {event.id}: a unique key kept clashing in three tries")
 
 
 def _already_ingested(session: Session, ids: list[str]) -> set[str]:

@@ -30,6 +30,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -247,71 +249,86 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def bench(backend: str, args: argparse.Namespace, datasets: int, runs: int, requests: int) -> list[str]:
-    schema: str | None = None
-    with tempfile.TemporaryDirectory(prefix="weiflow-bench-center-") as tmp:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp}/center.db"
-        else:
-            url, schema = args.postgres_url, f"bench_center_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-            admin = make_engine(url, connect_args={"connect_timeout": 3})
-            try:
-                with admin.begin() as conn:
-                    conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-            except Exception as exc:
-                print(f"bench_center: PostgreSQL at {url} not usable, skipped: {exc}", file=sys.stderr)
-                return [f"{backend}: skipped (no server)"]
-        engine = make_engine(url, schema=schema)
+@contextmanager
+def fresh_database(
+    backend: str, tmp: str, postgres_url: str, bench: str
+) -> Iterator[tuple[str, str | None, Engine] | None]:
+    """(url, schema, engine) of a migrated, empty database: a SQLite file in ``tmp``, or a PostgreSQL
+    schema of its own, dropped afterwards; None when PostgreSQL does not answer (the caller skips)."""
+    if backend == "sqlite":
+        url, schema = f"sqlite:///{tmp}/center.db", None
+    else:
+        url, schema = postgres_url, f"{bench}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        admin = make_engine(url, connect_args={"connect_timeout": 3})
         try:
-            migrate(engine)
-            files_dir = Path(tmp) / "files"
-            files_dir.mkdir()
-            start = time.perf_counter()
-            counts = load(engine, datasets=datasets, runs=runs, files_dir=files_dir)
-            loaded = time.perf_counter() - start
-            if backend == "postgres":
-                # A settled database, as a long-running center has: otherwise autovacuum wakes up
-                # for the 100,000 fresh rows and shares the two cores with the measurement.
-                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    conn.execute(text("VACUUM ANALYZE"))
-            sessions = make_sessionmaker(engine)
-            with sessions() as session:
-                create_user(session, "bench", Role.VIEWER)
-                token = create_token(session, "bench")
-            print(f"[{backend}] loaded {datasets:,} datasets and {runs:,} runs in {loaded:.1f} s", flush=True)
-            process, base = serve(url, schema, args.workers)
-            try:
-                cpu_before, started = cpu_seconds(process.pid), time.perf_counter()
-                latencies = drive(base, token, clients=args.clients, requests=requests, datasets=datasets)
-                wall, cpu = time.perf_counter() - started, cpu_seconds(process.pid) - cpu_before
-            finally:
-                stop_groups([process], 10)
-            ms = [x * 1000 for x in latencies]
-            p50, p95, p99 = pct(ms, 0.50), pct(ms, 0.95), pct(ms, 0.99)
-            print(
-                f"[{backend}] GET /api/v1/datasets, {args.clients} clients x {requests}: p50 {p50:.1f} ms, "
-                f"p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {max(ms):.1f} ms, mean {statistics.mean(ms):.1f} ms, "
-                f"{len(ms) / wall:,.0f} req/s, server CPU {cpu * 1000 / len(ms):.2f} ms per request",
-                flush=True,
-            )
-            start = time.perf_counter()
-            report = sweep(sessions, roots=[f"file://{files_dir}"], now=NOW)
-            took = time.perf_counter() - start
-            print(f"[{backend}] sweep: {report.summary()} in {took:.2f} s", flush=True)
-            if len(report.deleted) < counts["due"] - counts["protected"] or report.failed:
-                raise SystemExit(f"bench_center: sweep deleted {len(report.deleted)} of {counts['due']} due")
-            return [
-                f"{backend}: dataset list p99 {p99:.1f} ms at {args.clients} clients "
-                f"(target < {args.target_p99_ms:g} ms) {'OK' if p99 < args.target_p99_ms else 'MISSED'}",
-                f"{backend}: retention sweep over {datasets:,} datasets {took:.2f} s "
-                f"(target < {args.target_sweep_s:g} s) {'OK' if took < args.target_sweep_s else 'MISSED'}",
-            ]
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        except Exception as exc:
+            print(f"{bench}: PostgreSQL at {url} not usable, skipped: {exc}", file=sys.stderr)
+            yield None
+            return
+    engine = make_engine(url, schema=schema)
+    try:
+        migrate(engine)
+        yield url, schema, engine
+    finally:
+        engine.dispose()
+        if schema is not None:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+
+
+def bench(backend: str, args: argparse.Namespace, datasets: int, runs: int, requests: int) -> list[str]:
+    with (
+        tempfile.TemporaryDirectory(prefix="weiflow-bench-center-") as tmp,
+        fresh_database(backend, tmp, args.postgres_url, "bench_center") as database,
+    ):
+        if database is None:
+            return [f"{backend}: skipped (no server)"]
+        url, schema, engine = database
+        files_dir = Path(tmp) / "files"
+        files_dir.mkdir()
+        start = time.perf_counter()
+        counts = load(engine, datasets=datasets, runs=runs, files_dir=files_dir)
+        loaded = time.perf_counter() - start
+        if backend == "postgres":
+            # A settled database, as a long-running center has: otherwise autovacuum wakes up
+            # for the 100,000 fresh rows and shares the two cores with the measurement.
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM ANALYZE"))
+        sessions = make_sessionmaker(engine)
+        with sessions() as session:
+            create_user(session, "bench", Role.VIEWER)
+            token = create_token(session, "bench")
+        print(f"[{backend}] loaded {datasets:,} datasets and {runs:,} runs in {loaded:.1f} s", flush=True)
+        process, base = serve(url, schema, args.workers)
+        try:
+            cpu_before, started = cpu_seconds(process.pid), time.perf_counter()
+            latencies = drive(base, token, clients=args.clients, requests=requests, datasets=datasets)
+            wall, cpu = time.perf_counter() - started, cpu_seconds(process.pid) - cpu_before
         finally:
-            engine.dispose()
-            if schema is not None:
-                with admin.begin() as conn:
-                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
+            stop_groups([process], 10)
+        ms = [x * 1000 for x in latencies]
+        p50, p95, p99 = pct(ms, 0.50), pct(ms, 0.95), pct(ms, 0.99)
+        print(
+            f"[{backend}] GET /api/v1/datasets, {args.clients} clients x {requests}: p50 {p50:.1f} ms, "
+            f"p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {max(ms):.1f} ms, mean {statistics.mean(ms):.1f} ms, "
+            f"{len(ms) / wall:,.0f} req/s, server CPU {cpu * 1000 / len(ms):.2f} ms per request",
+            flush=True,
+        )
+        start = time.perf_counter()
+        report = sweep(sessions, roots=[f"file://{files_dir}"], now=NOW)
+        took = time.perf_counter() - start
+        print(f"[{backend}] sweep: {report.summary()} in {took:.2f} s", flush=True)
+        if len(report.deleted) < counts["due"] - counts["protected"] or report.failed:
+            raise SystemExit(f"bench_center: sweep deleted {len(report.deleted)} of {counts['due']} due")
+        return [
+            f"{backend}: dataset list p99 {p99:.1f} ms at {args.clients} clients "
+            f"(target < {args.target_p99_ms:g} ms) {'OK' if p99 < args.target_p99_ms else 'MISSED'}",
+            f"{backend}: retention sweep over {datasets:,} datasets {took:.2f} s "
+            f"(target < {args.target_sweep_s:g} s) {'OK' if took < args.target_sweep_s else 'MISSED'}",
+        ]
 
 
 def main() -> None:

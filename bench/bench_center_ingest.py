@@ -29,18 +29,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
-
-from sqlalchemy import text
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_center import PG_URL, pct, serve  # noqa: E402
+from bench_center import PG_URL, fresh_database, pct, serve  # noqa: E402
 
-from weiflow.center.db import make_engine, make_sessionmaker, migrate  # noqa: E402
+from weiflow.center.db import make_sessionmaker  # noqa: E402
 from weiflow.center.models import Role  # noqa: E402
 from weiflow.center.repository import create_token, create_user  # noqa: E402
 from weiflow.processes import stop_groups  # noqa: E402
@@ -102,36 +99,21 @@ class Probe:
 
 
 def bench(backend: str, args: argparse.Namespace) -> list[str]:
-    schema: str | None = None
-    with tempfile.TemporaryDirectory(prefix="weiflow-bench-ingest-") as tmp:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp}/center.db"
-        else:
-            url, schema = args.postgres_url, f"bench_ingest_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-            admin = make_engine(url, connect_args={"connect_timeout": 3})
-            try:
-                with admin.begin() as conn:
-                    conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-            except Exception as exc:
-                print(f"bench_center_ingest: PostgreSQL at {url} not usable, skipped: {exc}", file=sys.stderr)
-                return [f"{backend}: skipped (no server)"]
-        engine = make_engine(url, schema=schema)
+    with (
+        tempfile.TemporaryDirectory(prefix="weiflow-bench-ingest-") as tmp,
+        fresh_database(backend, tmp, args.postgres_url, "bench_center_ingest") as database,
+    ):
+        if database is None:
+            return [f"{backend}: skipped (no server)"]
+        url, schema, engine = database
+        with make_sessionmaker(engine)() as session:
+            create_user(session, "bench", Role.OWNER)
+            token = create_token(session, "bench")
+        process, base = serve(url, schema, args.workers)
         try:
-            migrate(engine)
-            with make_sessionmaker(engine)() as session:
-                create_user(session, "bench", Role.OWNER)
-                token = create_token(session, "bench")
-            process, base = serve(url, schema, args.workers)
-            try:
-                return measure(backend, base, token, args)
-            finally:
-                stop_groups([process], 10)
+            return measure(backend, base, token, args)
         finally:
-            engine.dispose()
-            if schema is not None:
-                with admin.begin() as conn:
-                    conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-                admin.dispose()
+            stop_groups([process], 10)
 
 
 def measure(backend: str, base: str, token: str, args: argparse.Namespace) -> list[str]:

@@ -31,7 +31,14 @@ from weiflow.modelrepo.contracts import (
     check_model_name,
     version_path,
 )
-from weiflow.modelrepo.repository import MemoryRepository, Repository, update_routing
+from weiflow.modelrepo.repository import (
+    MemoryRepository,
+    Repository,
+    known_versions,
+    promote,
+    rollback,
+    update_routing,
+)
 from weiflow.modelrepo.routing import Change, Routing
 
 if TYPE_CHECKING:
@@ -52,6 +59,9 @@ __all__ = [
     "Routing",
     "RoutingConflict",
     "check_model_name",
+    "known_versions",
+    "promote",
+    "rollback",
     "update_routing",
     "version_path",
 ]

@@ -27,7 +27,7 @@ from weiflow.modelrepo.contracts import (
 )
 from weiflow.modelrepo.routing import Routing
 
-__all__ = ["MemoryRepository", "Repository", "check_source", "update_routing"]
+__all__ = ["MemoryRepository", "Repository", "check_source", "known_versions", "promote", "rollback", "update_routing"]
 
 
 class Repository(Protocol):
@@ -97,6 +97,30 @@ def update_routing(
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")  # attempts < 1
+
+
+def promote(repository: Repository, model: str, version: int | None, traffic: int, *, who: str) -> Routing:
+    """Give ``version`` (default: the newest) ``traffic`` percent."""
+    versions = known_versions(repository, model)
+    target = versions[-1] if version is None else version
+    return update_routing(repository, model, lambda r, existing: r.promote(target, traffic, existing=existing, who=who))
+
+
+def rollback(repository: Repository, model: str, *, who: str) -> Routing:
+    known_versions(repository, model)
+    return update_routing(repository, model, lambda r, existing: r.rollback(existing=existing, who=who))
+
+
+def known_versions(repository: Repository, model: str) -> list[int]:
+    """The model's versions, ascending; an error naming the repository's models when it has none."""
+    versions = repository.versions(model)
+    if not versions:
+        models = ", ".join(repository.models()) or "none"
+        raise ModelRepoError(
+            f"model '{model}' has no versions in {repository.uri} (models: {models})",
+            "publish it first, or check the name and --repository",
+        )
+    return versions
 
 
 def check_source(source: str, names: Collection[str], featuremap: bytes | None, manifest: Manifest) -> None:

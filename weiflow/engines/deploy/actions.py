@@ -26,12 +26,11 @@ from typing import Any
 
 from weiflow.engines.deploy import Requirement, parse_require
 from weiflow.errors import WeiflowError
-from weiflow.modelrepo import FileRepository, Manifest, Repository, Routing, update_routing
+from weiflow.modelrepo import FileRepository, Manifest, Repository, Routing, promote, rollback, update_routing
 from weiflow.modelrepo.contracts import (
     EXPORT_METRICS_PATH,
     FEATURE_MAP_PATH,
     SAVED_MODEL_FILES,
-    ModelRepoError,
     parse_version,
     sha256_hex,
 )
@@ -287,29 +286,6 @@ def publish(
     version = repo.add_version(model, source, manifest)
     routing = update_routing(repo, model, lambda r, versions: r.publish(version, traffic, existing=versions, who=who))
     return Published(model, version, version_uri(repo, model, version), routing, repo)
-
-
-def promote(repository: Repository, model: str, version: int | None, traffic: int, *, who: str) -> Routing:
-    """Give ``version`` (default: the newest) ``traffic`` percent."""
-    versions = _known(repository, model)
-    target = versions[-1] if version is None else version
-    return update_routing(repository, model, lambda r, existing: r.promote(target, traffic, existing=existing, who=who))
-
-
-def rollback(repository: Repository, model: str, *, who: str) -> Routing:
-    _known(repository, model)
-    return update_routing(repository, model, lambda r, existing: r.rollback(existing=existing, who=who))
-
-
-def _known(repository: Repository, model: str) -> list[int]:
-    versions = repository.versions(model)
-    if not versions:
-        models = ", ".join(repository.models()) or "none"
-        raise ModelRepoError(
-            f"model '{model}' has no versions in {repository.uri} (models: {models})",
-            "publish it first, or check the name and --repository",
-        )
-    return versions
 
 
 def version_uri(repo: Repository, model: str, version: int) -> str:

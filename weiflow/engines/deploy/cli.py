@@ -1,4 +1,5 @@
-"""``weiflow deploy``: publish, promote, roll back and inspect models in the repository, by hand.
+"""``weiflow deploy``: publish, promote, roll back and inspect models in the repository, by hand;
+render the prediction service's Kubernetes objects (``render``) and mirror a repository into a pod (``sync``).
 
 Loaded by name from weiflow/cli.py (the core imports no engine). Errors are raised as
 :class:`~weiflow.errors.WeiflowError` (exit 1) or :class:`~weiflow.errors.ConfigError`
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,16 @@ from weiflow.engines.deploy.actions import (
     publisher,
     rollback,
 )
+from weiflow.engines.deploy.kubernetes import (
+    ServingOptions,
+    apply_manifests,
+    load_clients,
+    render_manifests,
+    render_yaml,
+    wait_available,
+    write_yaml,
+)
+from weiflow.engines.deploy.sync import DEFAULT_EVERY_S, SyncReport, sync_forever, sync_once
 from weiflow.errors import ConfigError
 from weiflow.modelrepo import FileRepository, ModelRepoError, Repository, Routing
 
@@ -67,11 +80,139 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="versions, traffic, labels, metrics, who and when")
     p.add_argument("model", nargs="?", metavar="NAME")
     p.add_argument("--json", action="store_true")
+    _add_render(sub)
+    _add_sync(sub)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
+
+def _add_render(sub: Any) -> None:
+    defaults = ServingOptions(model="-", image="-")
+    p = sub.add_parser(
+        "render",
+        help="the prediction service's Kubernetes Deployment, Service and autoscaler for a model",
+        description="Print (or write, or apply) the Kubernetes objects serving model NAME: a Deployment of "
+        "'weiflow serve', a ClusterIP Service on port 8501 and a HorizontalPodAutoscaler. Pods get the model "
+        "repository from a volume claim (--claim) or by syncing it from its URI (--sync-from).",
+    )
+    p.add_argument("model", metavar="NAME", help="the model in the repository")
+    p.add_argument("--image", default="", help="the image the pods run, with weiflow installed (required)")
+    p.add_argument("--namespace", default=defaults.namespace)
+    p.add_argument("--name", default="", help="the objects' name; default: NAME as a DNS label + '-serving'")
+    p.add_argument("--replicas", type=_positive, default=defaults.replicas, metavar="N")
+    p.add_argument("--min-replicas", type=_positive, default=defaults.min_replicas, metavar="N")
+    p.add_argument("--max-replicas", type=_positive, default=defaults.max_replicas, metavar="N")
+    p.add_argument("--cpu-target", type=_positive, default=defaults.cpu_target, metavar="PERCENT",
+                   help=f"CPU utilisation the autoscaler keeps ({defaults.cpu_target})")  # fmt: skip
+    p.add_argument("--cpu", default=defaults.cpu, help=f"CPU request per pod ({defaults.cpu})")
+    p.add_argument("--memory", default=defaults.memory, help=f"memory request and limit per pod ({defaults.memory})")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--claim", metavar="PVC", help="a PersistentVolumeClaim holding the repository (read-only)")
+    source.add_argument("--sync-from", metavar="URI", help="the repository's URI (s3://, hdfs://, file://), synced in")
+    p.add_argument("--sync-every", type=_positive, default=defaults.sync_every_s, metavar="S",
+                   help=f"seconds between syncs ({defaults.sync_every_s})")  # fmt: skip
+    p.add_argument("--sync-secret", metavar="SECRET", help="a Secret whose keys the sync containers get as env")
+    p.add_argument("-o", "--output", metavar="DIR", help="write DIR/<name>.yaml instead of printing")
+    p.add_argument("--apply", action="store_true", help="create or replace the objects in the cluster")
+    p.add_argument("--kubeconfig", metavar="FILE")
+    p.add_argument("--context", metavar="NAME")
+    p.add_argument("--wait", action="store_true", help="with --apply: until every replica is available")
+    p.add_argument("--timeout", type=_positive, default=300, metavar="S", help="for --wait (300)")
+
+
+def _add_sync(sub: Any) -> None:
+    p = sub.add_parser(
+        "sync",
+        help="mirror a model repository into a local directory (what a serving pod's sync container runs)",
+        description="Copy every complete version missing in DEST_DIR (atomically), then the routing file, then "
+        "remove versions the source dropped that the routing no longer names; again every --every seconds.",
+    )
+    p.add_argument("source", metavar="SRC_URI", help="the repository: s3://..., hdfs://..., file:///... or a path")
+    p.add_argument("dest", metavar="DEST_DIR", help="a local directory (the server's --repository)")
+    p.add_argument("--model", action="append", metavar="NAME", help="a model to mirror (repeat); default: all")
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument("--every", type=float, default=DEFAULT_EVERY_S, metavar="S",
+                        help=f"seconds between passes ({DEFAULT_EVERY_S:g})")  # fmt: skip
+    timing.add_argument("--once", action="store_true", help="one pass; exit 1 if a model could not be mirrored")
+    p.add_argument("--attempts", type=_positive, default=3, metavar="N", help="tries per model and pass (3)")
+
+
+def _render(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    options = ServingOptions(
+        model=args.model,
+        image=args.image,
+        namespace=args.namespace,
+        name=args.name,
+        replicas=args.replicas,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        cpu_target=args.cpu_target,
+        cpu=args.cpu,
+        memory=args.memory,
+        claim=args.claim,
+        sync_from=args.sync_from,
+        sync_every_s=args.sync_every,
+        sync_secret=args.sync_secret,
+    )
+    if (args.wait or args.kubeconfig or args.context) and not args.apply:
+        raise ConfigError("deploy render: --wait, --kubeconfig and --context go with --apply; add --apply")
+    manifests = render_manifests(options)
+    text = render_yaml(manifests, argv)
+    if args.output:
+        print(f"wrote {write_yaml(text, Path(args.output), options.object_name)}", file=sys.stderr)
+    elif not args.apply:
+        sys.stdout.write(text)
+    if args.apply:
+        clients = load_clients(args.kubeconfig, args.context)
+        for line in apply_manifests(clients, manifests):
+            print(line, file=sys.stderr)
+        if args.wait:
+            state = wait_available(clients.apps, options.object_name, options.namespace, timeout_s=args.timeout)
+            print(f"deployment {options.object_name}: {state}", file=sys.stderr)
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    if args.every <= 0:
+        raise ConfigError(f"deploy sync: --every {args.every:g}: give seconds above 0")
+
+    def show(report: SyncReport) -> None:
+        for line in report.lines():
+            print(f"sync: {line}", file=sys.stderr, flush=True)
+
+    if args.once:
+        report = sync_once(args.source, args.dest, args.model, attempts=args.attempts)
+        show(report)
+        return 0 if report.ok else 1
+    stop = threading.Event()
+    # SIGTERM (the pod ends) stops the loop after the model being mirrored; a kill at the end of the
+    # grace period leaves only a hidden staging directory, which the next sync into DEST_DIR removes.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    try:
+        sync_forever(args.source, args.dest, args.model, every_s=args.every, stop=stop, on_pass=show,
+                     attempts=args.attempts)  # fmt: skip
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
 
 
 def main(argv: Sequence[str], settings: Settings) -> int:
     args = _parser().parse_args(list(argv))
+    if args.action == "render":
+        return _render(args, argv)
+    if args.action == "sync":
+        return _sync(args)
     uri = args.repository or default_repository(settings.storage)
     who = publisher()
     if args.action == "publish":

@@ -18,6 +18,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from tests.engines.deploy.conftest import tree_digest
 from tests.modelrepo.conftest import write_saved_model
 from weiflow.modelrepo import FileRepository, Manifest, ModelRepoError, Routing, update_routing
 from weiflow.modelrepo.files import _HOST
@@ -256,3 +257,57 @@ def test_a_routing_lock_held_too_long_is_reported(tmp_path: Path, saved_model: M
         with pytest.raises(ModelRepoError, match=r"routing.lock stayed locked for 0.2s"):
             update_routing(repo, "m", lambda r, vs: r.publish(1, 100, existing=vs, who="a"))
     assert repo.read_routing("m").generation == 0
+
+
+def _unrouted_second_version(root: Path, saved_model: Make) -> FileRepository:
+    repo = FileRepository(root)
+    for _ in range(2):
+        repo.add_version("m", *saved_model())
+    update_routing(repo, "m", lambda r, vs: r.publish(1, 100, existing=vs, who="a"))
+    return repo
+
+
+@pytest.mark.parametrize(
+    ("link", "listed", "refusal"),
+    [
+        # Someone swapped version 2 for a link to data elsewhere: a link is no version of WeiFlow's.
+        ("version", [1], r"model 'm' has no version 2 \(versions: 1\)"),
+        # The whole model directory lives elsewhere, behind a link: its versions are listed, never deleted.
+        ("model", [1, 2], r"refusing to remove version 2 of model 'm': .* is a symbolic link or resolves outside"),
+    ],
+)
+def test_removing_a_version_behind_a_link_to_outside_is_refused_and_nothing_changes(
+    tmp_path: Path, saved_model: Make, link: str, listed: list[int], refusal: str
+) -> None:
+    repo = _unrouted_second_version(tmp_path / "models", saved_model)
+    outside, inside = tmp_path / "outside", tmp_path / ("models/m/2" if link == "version" else "models/m")
+    inside.rename(outside)
+    inside.symlink_to(outside)
+    before, routing = tree_digest(outside), repo.read_routing("m")
+    assert before and repo.versions("m") == listed
+    with pytest.raises(ModelRepoError, match=refusal):
+        repo.remove_version("m", 2, who="a")
+    assert tree_digest(outside) == before and repo.read_routing("m") == routing and repo.versions("m") == listed
+
+
+def test_deleting_never_follows_a_link_inside_a_version_or_a_leftover(
+    tmp_path: Path, saved_model: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = _unrouted_second_version(tmp_path / "models", saved_model)
+    outside = tmp_path / "outside"
+    (outside / "data").mkdir(parents=True)
+    (outside / "data" / "precious").write_text("keep me")
+    (tmp_path / "models/m/2/variables/elsewhere").symlink_to(outside / "data")
+    # A dead writer's leftover that is itself a link to outside: cleanup must not empty the target.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / f"models/m/.weiflow/staging-{_HOST}-{dead.pid}-ffff"
+    leftover.symlink_to(outside / "data")
+    before = tree_digest(outside)
+    assert repo.remove_version("m", 2, who="a").history[-1].action == "remove"
+    assert repo.versions("m") == [1] and not (tmp_path / "models/m/2").exists()
+    assert repo.cleanup("m") == []
+    assert f"left {leftover} in place: refusing to delete" in caplog.text and leftover.is_symlink()
+    assert tree_digest(outside) == before
+    removed_aside = [p for p in leftover.parent.iterdir() if p.name.startswith("removed-")]
+    assert removed_aside == []  # the version set aside was deleted, its inner link with it (not its target)

@@ -19,8 +19,10 @@ from weiflow.modelrepo import (
     Repository,
     Routing,
     RoutingConflict,
+    rollback,
     update_routing,
 )
+from weiflow.modelrepo.repository import Pruned, prunable, prune
 
 Make = Callable[..., tuple[Path, Manifest]]
 
@@ -141,3 +143,67 @@ def test_an_unreadable_feature_map_is_refused(repo: Repository, saved_model: Mak
     with pytest.raises(ModelRepoError, match=r"invalid model name '\.\./up'"):
         repo.add_version("../up", path, manifest_for(path))
     assert repo.models() == []
+
+
+# --- keep-last pruning ------------------------------------------------------------------------
+
+
+def _published(versions: int, *traffics: int) -> Routing:
+    """A routing after publishing versions 1..``versions`` at ``traffics`` percent (100 for the rest)."""
+    routing, existing = Routing("feed_ctr"), list(range(1, versions + 1))
+    for version in existing:
+        share = traffics[version - 1] if version <= len(traffics) else 100
+        routing = routing.publish(version, share, existing=existing, who="alice")
+    return routing
+
+
+def test_prunable_spares_live_labelled_and_rollback_versions_and_the_newest_unrouted() -> None:
+    # Each publish at 100%: v6 live, v5 where rollback returns; 1..4 unrouted, the newest 2 kept.
+    routing = _published(6)
+    assert routing.previous_stable == (1, 2, 3, 4, 5)
+    assert prunable(routing, range(1, 7), 2) == [1, 2]
+    assert prunable(routing, range(1, 7), 4) == []
+    # An owner's label keeps a version; a version already removed is not listed.
+    labelled = routing.label("golden", 1, existing=range(1, 7), who="bob")
+    assert prunable(labelled, [1, 3, 4, 5, 6], 1) == [3]
+    # A gray release: v6 stable at 90%, v7 canary at 10%; rollback ends it, a second one returns to v5.
+    gray = routing.publish(7, 10, existing=range(1, 8), who="alice")
+    assert gray.traffic == {6: 90, 7: 10} and prunable(gray, range(1, 8), 1) == [1, 2, 3]
+    # Published at 0%: routes nothing, but is the newest, so keep-last:1 keeps it.
+    dark = routing.publish(7, 0, existing=range(1, 8), who="alice")
+    assert prunable(dark, range(1, 8), 1) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="at least 1"):
+        prunable(routing, range(1, 7), 0)
+
+
+def test_prune_removes_what_keep_last_allows_and_rollback_still_works(repo: Repository, saved_model: Make) -> None:
+    for version in range(1, 6):
+        assert repo.add_version("feed_ctr", *saved_model()) == version
+        update_routing(repo, "feed_ctr", lambda r, vs, v=version: r.publish(v, 100, existing=vs, who="alice"))
+    pruned = prune(repo, "feed_ctr", 1, who="alice")
+    routing = repo.read_routing("feed_ctr")
+    assert pruned == Pruned((1, 2), (), routing) and repo.versions("feed_ctr") == [3, 4, 5]
+    assert [(c.action, c.version, c.who) for c in routing.history[-2:]] == [
+        ("remove", 1, "alice"),
+        ("remove", 2, "alice"),
+    ]
+    assert routing.previous_stable == (3, 4) and prune(repo, "feed_ctr", 1, who="alice") == Pruned()
+    assert rollback(repo, "feed_ctr", who="bob").traffic == {4: 100}
+    assert rollback(repo, "feed_ctr", who="bob").traffic == {3: 100}
+    assert repo.add_version("feed_ctr", *saved_model()) == 6  # removed numbers are never given again
+
+
+def test_prune_reports_a_version_it_cannot_remove_and_goes_on(saved_model: Make) -> None:
+    class Stubborn(MemoryRepository):
+        def remove_version(self, model: str, version: int, *, who: str) -> Routing:
+            if version == 1:
+                raise ModelRepoError("version 1 is held")
+            return super().remove_version(model, version, who=who)
+
+    repo = Stubborn()
+    for version in range(1, 6):
+        repo.add_version("feed_ctr", *saved_model())
+        update_routing(repo, "feed_ctr", lambda r, vs, v=version: r.promote(v, 100, existing=vs, who="a"))
+    pruned = prune(repo, "feed_ctr", 1, who="alice")
+    assert pruned.removed == (2,) and pruned.problems == ("model 'feed_ctr': version 1 stays: version 1 is held",)
+    assert repo.versions("feed_ctr") == [1, 3, 4, 5]

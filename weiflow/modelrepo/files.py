@@ -11,7 +11,11 @@ On a local (or NFS-mounted POSIX) file system every change is atomic:
   one step (the kernel drops the lock when its holder dies, so a killed writer never wedges it);
 - whatever a killed writer leaves is named ``<kind>-<host>-<pid>-<token>`` in ``.weiflow/``;
   :meth:`FileRepository.cleanup` (run by every add) removes it once that process is gone, or,
-  for another host's, once it is older than ``stale_after_s``.
+  for another host's, once it is older than ``stale_after_s``;
+- a removed version is renamed into ``.weiflow/`` first (gone for every reader at once), then
+  deleted. Every deletion goes through :class:`weiflow.storage.RootedDeleter` rooted at the
+  repository: a version directory or leftover that is a symbolic link, or resolves outside the
+  repository, is refused and never followed, so nothing outside the repository is ever deleted.
 
 Object stores have neither atomic directory renames nor exclusive creates. There a version
 is written in place with its manifest last, and :meth:`FileRepository.versions` lists only
@@ -30,6 +34,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -59,8 +64,11 @@ from weiflow.modelrepo.contracts import (
 )
 from weiflow.modelrepo.repository import check_source, missing_version, routing_conflict
 from weiflow.modelrepo.routing import Routing
+from weiflow.storage import DeletionRefused, RootedDeleter
 
 __all__ = ["FileRepository"]
+
+log = logging.getLogger(__name__)
 
 _CLAIMS = "claims"
 _LOCK = "routing.lock"
@@ -122,6 +130,8 @@ class FileRepository:
         self._uri = os.fspath(uri)
         self._fs, self._root = _open(self._uri)
         self._local = isinstance(self._fs, LocalFileSystem)
+        # Local deletions never leave the repository, whatever links lie inside it.
+        self._deleter = RootedDeleter([self._root]) if self._local else None
         self._lock_timeout_s = lock_timeout_s
         self._stale_after_s = stale_after_s  # longer than any copy: another host's leftovers age out
 
@@ -211,13 +221,14 @@ class FileRepository:
             new = self.read_routing(model).remove(version, existing=self.versions(model), who=who)
             target = f"{self._dir(model)}/{version}"
             if self._local:
+                self._refuse_outside(Path(target), f"version {version} of model '{model}'")
                 aside = Path(self._state(model)) / _leftover_name("removed")
                 Path(target).rename(aside)  # gone for every reader at once; deleted below
             else:
                 self._fs.rm_file(f"{target}/{MANIFEST_PATH}")  # first: readers stop listing it
             self._write_routing(new)
         if self._local:
-            shutil.rmtree(aside, ignore_errors=True)
+            self._delete_local(aside)  # outside the lock: a big version takes a while
         else:
             self._fs.rm(target, recursive=True)
         return new
@@ -268,14 +279,39 @@ class FileRepository:
                     continue
             except FileNotFoundError:
                 continue  # another cleanup got there first
-            # Two cleanups may race on one leftover: whichever finishes it, it is gone.
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            if not entry.exists():
+            if self._delete_local(entry):
                 removed.append(str(entry))
         return removed
+
+    def _refuse_outside(self, path: Path, what: str) -> None:
+        """Refuse, before anything changes, to remove ``path`` when it is a link or resolves outside the repository.
+
+        The deleter checks again when it deletes; checking first keeps the version and the
+        routing as they were, instead of refusing halfway.
+        """
+        real, root = os.path.realpath(path), os.path.realpath(self._root)
+        if path.is_symlink() or os.path.commonpath([real, root]) != root:
+            raise ModelRepoError(
+                f"refusing to remove {what}: {path} is a symbolic link or resolves outside the repository "
+                f"{self._root} (to {real}); deleting it would delete what it points to",
+                f"a repository deletes nothing outside {self._root}: move the version's files back inside it, or "
+                "remove the version by hand",
+            )
+
+    def _delete_local(self, path: Path) -> bool:
+        """Delete a removed version set aside or a leftover through the deleter; whether it is gone now.
+
+        Never raises: the change that set it aside is already done, and :meth:`cleanup` tries
+        again later. Two cleanups may race on one leftover: whichever finishes it, it is gone.
+        """
+        assert self._deleter is not None
+        try:
+            self._deleter(str(path))
+        except DeletionRefused as exc:
+            log.warning("model repository %s: left %s in place: %s", self._root, path, exc)
+        except OSError:
+            pass  # another cleanup is deleting it too, or a file is busy: judged by what is left
+        return not os.path.lexists(path)
 
     def _cleanup_remote(self, model: str) -> list[str]:
         """Remote versions are written in place: a claimed number whose directory has no manifest,
@@ -334,7 +370,7 @@ class FileRepository:
             raise ModelRepoError(f"model '{model}': no free version number in {_MAX_CLAIMS} tries at {model_dir}")
         finally:
             if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+                self._delete_local(staging)
 
     def _add_remote(self, model: str, copy_into: Callable[[str], None]) -> int:
         claims = f"{self._state(model)}/{_CLAIMS}"

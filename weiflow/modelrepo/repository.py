@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from weiflow.errors import WeiflowError
 from weiflow.features.featuremap import FeatureError, FeatureMap
 from weiflow.modelrepo.contracts import (
     FEATURE_MAP_PATH,
@@ -27,7 +29,18 @@ from weiflow.modelrepo.contracts import (
 )
 from weiflow.modelrepo.routing import Routing
 
-__all__ = ["MemoryRepository", "Repository", "check_source", "known_versions", "promote", "rollback", "update_routing"]
+__all__ = [
+    "MemoryRepository",
+    "Pruned",
+    "Repository",
+    "check_source",
+    "known_versions",
+    "promote",
+    "prunable",
+    "prune",
+    "rollback",
+    "update_routing",
+]
 
 
 class Repository(Protocol):
@@ -109,6 +122,59 @@ def promote(repository: Repository, model: str, version: int | None, traffic: in
 def rollback(repository: Repository, model: str, *, who: str) -> Routing:
     known_versions(repository, model)
     return update_routing(repository, model, lambda r, existing: r.rollback(existing=existing, who=who))
+
+
+def prunable(routing: Routing, versions: Collection[int], keep_last: int) -> list[int]:
+    """The versions ``keep-last:<keep_last>`` deletes, ascending: the unrouted ones beyond the newest ``keep_last``.
+
+    Routed, so never deleted: live versions (traffic > 0), labelled ones (stable, canary, the
+    owner's labels), and the newest earlier-stable version that is stored and not live: where a
+    rollback returns (after ending a gray release, if one is on). Older earlier-stable versions
+    are not kept for rollback (a model published daily at 100% would keep them all): rollback
+    skips removed versions, so it still works, going back to the newest one kept.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep-last must be at least 1, not {keep_last}")
+    existing = set(versions)
+    live = set(routing.traffic)
+    rollback_to = next((v for v in reversed(routing.previous_stable) if v in existing and v not in live), None)
+    routed = live | set(routing.labels.values()) | {rollback_to}
+    unrouted = sorted(existing - routed)
+    return unrouted[: max(len(unrouted) - keep_last, 0)]
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What :func:`prune` did: the versions it removed (ascending), why it could not remove others, and the
+    routing after its last removal (None when it removed nothing)."""
+
+    removed: tuple[int, ...] = ()
+    problems: tuple[str, ...] = ()
+    routing: Routing | None = None
+
+
+def prune(repository: Repository, model: str, keep_last: int, *, who: str) -> Pruned:
+    """Remove the model's :func:`prunable` versions, oldest first, each recorded as a 'remove' change.
+
+    Never raises for the repository's sake: pruning is housekeeping after a change that already
+    succeeded, and must not fail it. A version that cannot go (it went live meanwhile, its files
+    are refused) is reported in ``problems`` and the others are still tried.
+    """
+    removed: list[int] = []
+    problems: list[str] = []
+    routing: Routing | None = None
+    try:
+        candidates = prunable(repository.read_routing(model), repository.versions(model), keep_last)
+    except (WeiflowError, OSError) as exc:
+        return Pruned((), (f"model '{model}': cannot tell which versions keep-last:{keep_last} removes: {exc}",))
+    for version in candidates:
+        try:
+            routing = repository.remove_version(model, version, who=who)
+        except (WeiflowError, OSError) as exc:  # ModelRepoError, RoutingConflict, DeletionRefused; I/O errors
+            problems.append(f"model '{model}': version {version} stays: {exc}")
+            continue
+        removed.append(version)
+    return Pruned(tuple(removed), tuple(problems), routing)
 
 
 def known_versions(repository: Repository, model: str) -> list[int]:

@@ -50,23 +50,28 @@ def test_require_parses_bounds_and_refuses_nonsense() -> None:
             parse_require(bad)
 
 
-def test_bad_require_and_traffic_are_validate_time_errors_with_lines(make_spec: Callable[..., Path]) -> None:
+def test_bad_require_traffic_and_version_are_validate_time_errors_with_lines(make_spec: Callable[..., Path]) -> None:
     spec = make_spec(
         """
   <datasets><dataset name="m" uri="file:///exports/m" format="savedmodel" external="true"/></datasets>
   <node id="ship" engine="deploy">
     <module id="pub" type="publish" dataset="m" model-name="ctr" require="auc=>0.7"/>
+    <module id="dark" type="publish" dataset="m" model-name="ctr" traffic="-1"/>
   </node>
   <node id="more" engine="deploy">
     <module id="up" type="promote" model-name="ctr" traffic="150"/>
     <module id="back" type="rollback" model-name="ctr" input="up"/>
+    <module id="again" type="promote" model-name="ctr" version="0" traffic="10.5" input="back"/>
   </node>
 """
     )
     errors = [d for d in check_file(spec) if d.is_error]
-    assert [d.line for d in errors] == [5, 8]
+    assert [d.line for d in errors] == [5, 6, 9, 11, 11]
     assert "'auc=>0.7' is not a requirement" in errors[0].message
-    assert "at most 100" in errors[1].message
+    assert "traffic: must be at least 0, got -1" in errors[1].message and "from 0 to 100" in str(errors[1].hint)
+    assert "at most 100" in errors[2].message
+    assert "version: must be at least 1, got 0" in errors[3].message
+    assert "traffic: expected a whole number, got '10.5'" in errors[4].message
 
 
 def test_templated_require_is_checked_when_the_node_runs(make_spec: Callable[..., Path]) -> None:
@@ -136,6 +141,36 @@ def test_promote_and_rollback_refuse_unknown_models_and_versions(export: Callabl
         rollback(repo, "ctr", who="bob")
     with pytest.raises(DeployError, match="not a percent"):
         publish(str(repo_dir), "ctr", source, traffic=101, who="alice", load_check=passes)
+
+
+PROMOTE_SPEC = """
+<pipeline xmlns="urn:weiflow:pipeline:1" name="ctr" owner="alice">
+  <params><param name="version" type="int" default="7"/><param name="traffic" type="int" default="50"/></params>
+  <node id="up" engine="deploy">
+    <module id="p" type="promote" model-name="ctr" version="${version}" traffic="${traffic}"/>
+  </node>
+</pipeline>
+"""
+
+
+def test_promoting_a_version_that_does_not_exist_fails_the_node_clearly(
+    export: Callable[..., Path], make_spec: Callable[..., Path], isolated_var: Path
+) -> None:
+    repo_dir = isolated_var / "storage" / "models"  # ${storage}/models, where the node looks
+    publish(str(repo_dir), "ctr", find_saved_model(export(), "ctr"), who="alice", load_check=passes)
+    before = tree_digest(repo_dir)
+    spec = compile_file(make_spec(PROMOTE_SPEC))
+
+    def run(**params: str) -> None:
+        context = RunContext.create(spec, settings=load_settings(), tracker=MemoryTracker(), overrides=params)
+        run_node(context, "up")
+
+    with pytest.raises(ModuleFailed, match=r"model 'ctr' has no version 7 \(versions: 1\)(.|\n)*hint: publish"):
+        run()
+    # Out of range only once its param is known: the node names the spec's line and the attribute.
+    with pytest.raises(ModuleFailed, match=r"spec.xml:5:\d+: traffic='150': must be at most 100"):
+        run(version="1", traffic="150")
+    assert tree_digest(repo_dir) == before
 
 
 # --- the real load check ------------------------------------------------------------------------

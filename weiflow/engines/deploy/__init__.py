@@ -69,7 +69,14 @@ def _check_publish(module: ModuleSpec, report: Reporter) -> None:
 
 _MODEL_NAME = AttrDecl("model-name", required=True, help="the model in the repository (<repository>/<model>/)")
 _REPOSITORY = AttrDecl("repository", help="the model repository (a path or URI); default: ${storage}/models")
-_TRAFFIC = AttrDecl("traffic", "int", default=100, min=0, max=100, help="percent of traffic to the version")
+_TRAFFIC = AttrDecl(
+    "traffic",
+    "int",
+    default=100,
+    min=0,
+    max=100,
+    help="percent of traffic to the version: a whole number from 0 to 100",
+)
 
 PLUGIN = Plugin(
     engine="deploy",
@@ -87,6 +94,13 @@ PLUGIN = Plugin(
                     "require",
                     help="gates on this run's evaluate metrics, e.g. auc>=0.72,logloss<=0.5 (ops: >= <= > < ==)",
                 ),
+                AttrDecl(
+                    "keep-last",
+                    "int",
+                    min=1,
+                    help="after the publish, keep only the newest N versions that route nothing (live, labelled "
+                    "and rollback's target always stay); default: the dataset's retention keep-last:N, else all",
+                ),
                 _REPOSITORY,
             ),
             check=_check_publish,
@@ -96,7 +110,9 @@ PLUGIN = Plugin(
             "promote",
             (
                 _MODEL_NAME,
-                AttrDecl("version", "int", min=1, help="default: the newest version"),
+                AttrDecl(
+                    "version", "int", min=1, help="a version the repository holds (1 or more); default: the newest"
+                ),
                 _TRAFFIC,
                 _REPOSITORY,
             ),

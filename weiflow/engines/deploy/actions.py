@@ -9,6 +9,9 @@ repository exactly as it was:
 3. the model loads and scores warm-up examples, in a separate process (loadcheck.py), within a timeout.
 
 Then the repository copies it into the next version and the routing gives it ``traffic`` percent.
+With ``keep_last``, the model's versions that no longer route anything are then pruned to the
+newest ``keep_last`` (:func:`weiflow.modelrepo.repository.prunable` says which); a version that
+cannot be pruned is reported in :attr:`Published.pruned`, never a failure of the publish.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from weiflow.modelrepo.contracts import (
     parse_version,
     sha256_hex,
 )
+from weiflow.modelrepo.repository import Pruned, prune
 from weiflow.processes import stop_groups
 
 __all__ = [
@@ -85,6 +89,7 @@ class Published:
     uri: str
     routing: Routing
     repository: Repository
+    pruned: Pruned = field(default_factory=Pruned)  # what keep-last removed after the publish
 
 
 def default_repository(storage: str) -> str:
@@ -248,15 +253,18 @@ def publish(
     run_id: str | None = None,
     who: str,
     load_check: Callable[[Path], Any] | None = None,
+    keep_last: int | None = None,
 ) -> Published:
     """Gate, then add ``source`` as the model's next version and route ``traffic`` percent to it.
 
     ``pipeline``/``run_id``: the run publishing (a deploy node); the export's are used when not given.
     When the export's run is known and differs from ``run_id``, its metrics are not this run's and
-    cannot pass a ``require`` gate.
+    cannot pass a ``require`` gate. ``keep_last``: prune unrouted versions beyond the newest ``keep_last``.
     """
     if isinstance(traffic, bool) or not isinstance(traffic, int) or not 0 <= traffic <= 100:
         raise DeployError(f"traffic {traffic!r} is not a percent", "give an integer from 0 to 100")
+    if keep_last is not None and (isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1):
+        raise DeployError(f"keep-last {keep_last!r} is not a count of versions", "give an integer of 1 or more")
     try:
         requirements = parse_require(require) if require else []
     except ValueError as exc:
@@ -285,7 +293,8 @@ def publish(
     )
     version = repo.add_version(model, source, manifest)
     routing = update_routing(repo, model, lambda r, versions: r.publish(version, traffic, existing=versions, who=who))
-    return Published(model, version, version_uri(repo, model, version), routing, repo)
+    pruned = Pruned() if keep_last is None else prune(repo, model, keep_last, who=who)
+    return Published(model, version, version_uri(repo, model, version), routing, repo, pruned)
 
 
 def version_uri(repo: Repository, model: str, version: int) -> str:

@@ -3,10 +3,17 @@
 The repository is ``repository=`` or ``${storage}/models``. Every change is reported as a
 METRICS event whose ``detail.model`` the control center records ({name, version, uri,
 deployed, traffic}); the executor itself never talks to a database.
+
+After a publish, versions that route nothing are pruned to the newest ``keep-last=`` (or the
+published dataset's ``retention="keep-last:N"``): each removal is a METRICS event with
+``detail.action`` "remove" (deployed false, traffic 0); a version that cannot be removed is
+logged as a warning, and the publish, already done, still succeeds.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +31,16 @@ from weiflow.engines.deploy.actions import (
 )
 from weiflow.errors import ModuleFailed
 from weiflow.modelrepo import FileRepository, ModelRepoError, Repository, Routing
-from weiflow.runtime import Executor, NodeContext
+from weiflow.runtime import Executor, NodeContext, ResolvedDataset
 from weiflow.storage import is_complete, local_path
 from weiflow.tracking import EventKind
 
 __all__ = ["DeployExecutor"]
+
+log = logging.getLogger(__name__)
+
+# The one retention policy that concerns versions (the XSD has checked the policy's grammar).
+_KEEP_LAST = re.compile(r"\s*keep-last:([1-9][0-9]*)\s*")
 
 
 class DeployExecutor(Executor):
@@ -73,8 +85,13 @@ class DeployExecutor(Executor):
             run_id=ctx.run_id,
             who=publisher(ctx.run.dag.spec.owner),
             load_check=self._checker,
+            keep_last=_keep_last(dataset, attrs),
         )
         _report(ctx, module, published.repository, published.routing, published.version)
+        for version in published.pruned.removed:
+            _report_version(ctx, module, published.repository, published.model, version, traffic=0, action="remove")
+        for problem in published.pruned.problems:
+            log.warning("%s.%s: publish succeeded, but pruning did not: %s", ctx.node.id, module.id, problem)
         return published.routing
 
     def _promote(self, ctx: NodeContext, module: ModulePlan, attrs: dict[str, Any]) -> Routing:
@@ -99,27 +116,46 @@ def _repository(ctx: NodeContext, attrs: dict[str, Any]) -> str:
     return str(attrs.get("repository") or default_repository(ctx.run.settings.storage))
 
 
+def _keep_last(dataset: ResolvedDataset, attrs: dict[str, Any]) -> int | None:
+    """``keep-last=``, else the dataset's ``keep-last:N`` retention; None: prune nothing.
+
+    An external dataset's retention is ignored, as validation warns ("WeiFlow never deletes it").
+    """
+    if attrs.get("keep-last") is not None:
+        return int(attrs["keep-last"])
+    match = None if dataset.external else _KEEP_LAST.fullmatch(dataset.retention or "")
+    return int(match.group(1)) if match else None
+
+
 def _report(ctx: NodeContext, module: ModulePlan, repo: Repository, routing: Routing, version: int) -> None:
     """One event per version whose share the change touched (the one it concerned last)."""
     change = routing.history[-1]
     touched = [*sorted((set(change.before) | set(change.after)) - {version}), version]
     for number in touched:
-        ctx.run.event(
-            EventKind.METRICS,
-            node=ctx.node.id,
-            module=module.id,
-            attempt=ctx.attempt,
-            detail={
-                "model": {
-                    "name": routing.model,
-                    "version": number,
-                    "uri": version_uri(repo, routing.model, number),
-                    "deployed": number in routing.traffic,
-                    "traffic": routing.traffic.get(number, 0),
-                },
-                "action": change.action,
-            },
+        _report_version(
+            ctx, module, repo, routing.model, number, traffic=routing.traffic.get(number, 0), action=change.action
         )
+
+
+def _report_version(
+    ctx: NodeContext, module: ModulePlan, repo: Repository, model: str, version: int, *, traffic: int, action: str
+) -> None:
+    ctx.run.event(
+        EventKind.METRICS,
+        node=ctx.node.id,
+        module=module.id,
+        attempt=ctx.attempt,
+        detail={
+            "model": {
+                "name": model,
+                "version": version,
+                "uri": version_uri(repo, model, version),
+                "deployed": traffic > 0,
+                "traffic": traffic,
+            },
+            "action": action,
+        },
+    )
 
 
 _MODULES: dict[str, Callable[[DeployExecutor, NodeContext, ModulePlan, dict[str, Any]], Routing]] = {

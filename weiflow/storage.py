@@ -39,6 +39,7 @@ __all__ = [
     "DeletionRefused",
     "RootedDeleter",
     "StagedOutput",
+    "StorageRoots",
     "atomic_output",
     "dataset_size",
     "exists",
@@ -287,6 +288,61 @@ def _strictly_inside(path: str, root: str) -> bool:
     return path != root and os.path.commonpath([path, root]) == root
 
 
+class StorageRoots:
+    """The configured storage roots (the ``storage_roots`` setting), checked once: where WeiFlow's own
+    servers may touch files named by a record or a client (delete, or write a model's routing).
+
+    Local roots are absolute paths; other protocols' roots are paths in normal form. A root must
+    name a directory, not a whole file system.
+    """
+
+    def __init__(self, roots: Iterable[str], *, purpose: str = "this") -> None:
+        self.roots: tuple[str, ...] = tuple(roots)
+        if not self.roots:
+            raise ConfigError(f"{purpose} needs at least one storage root to work under (the storage_roots setting)")
+        self.local: list[str] = []  # absolute paths as configured; their real paths are taken at each use
+        self.remote: list[tuple[str, tuple[str, ...]]] = []  # (protocol, path parts)
+        for root in self.roots:
+            problem = uri_problem(root)
+            if problem:
+                raise ConfigError(f"storage root {problem}")
+            protocol, path = _split(root)
+            parts = tuple(part for part in path.split("/") if part)
+            if protocol == "file" and not PurePosixPath(path).is_absolute():
+                raise ConfigError(f"storage root {root!r} is relative: write file:///absolute/path")
+            if not parts or any(part in (".", "..") for part in parts):
+                raise ConfigError(f"storage root {root!r}: name a directory (not a whole file system, no '.' or '..')")
+            if protocol == "file":
+                self.local.append(os.path.normpath(path))
+            else:
+                self.remote.append((protocol, parts))
+
+    def outside(self, uri: str) -> str | None:
+        """Why ``uri`` does not lie in (or at) a root, or None when it does.
+
+        Local paths are compared by real path (every link resolved) at the moment of the call;
+        others by their parts, which must be in normal form.
+        """
+        problem = uri_problem(uri)
+        if problem:
+            return problem
+        protocol, path = _split(uri)
+        if protocol == "file":
+            if not PurePosixPath(path).is_absolute():
+                return "a relative path"
+            real = os.path.realpath(path)
+            if any(real == root or _strictly_inside(real, root) for root in map(os.path.realpath, self.local)):
+                return None
+            resolved = f" (it resolves to {real})" if real != os.path.normpath(path) else ""
+            return f"outside every storage root{resolved}"
+        parts = tuple(path.strip("/").split("/"))
+        if "" in parts:
+            return "the path is not in normal form (an empty part: '//')"
+        if any(root_protocol == protocol and parts[: len(root)] == root for root_protocol, root in self.remote):
+            return None
+        return f"outside every {protocol} storage root"
+
+
 class RootedDeleter:
     """Deletes a dataset's files only when they lie strictly inside one of ``roots`` (the ``storage_roots`` setting).
 
@@ -304,35 +360,23 @@ class RootedDeleter:
     Anything else raises :class:`DeletionRefused`, naming the URI and the roots.
     """
 
-    def __init__(self, roots: Iterable[str]) -> None:
-        self.roots: tuple[str, ...] = tuple(roots)
-        if not self.roots:
-            raise ConfigError("retention needs at least one storage root to delete under (the storage_roots setting)")
-        self._local: list[str] = []  # absolute paths as configured; their real paths are taken at each deletion
-        self._remote: list[tuple[str, tuple[str, ...]]] = []  # (protocol, path parts)
-        for root in self.roots:
-            problem = uri_problem(root)
-            if problem:
-                raise ConfigError(f"storage root {problem}")
-            protocol, path = _split(root)
-            parts = tuple(part for part in path.split("/") if part)
-            if protocol == "file" and not PurePosixPath(path).is_absolute():
-                raise ConfigError(f"storage root {root!r} is relative: write file:///absolute/path")
-            if not parts or any(part in (".", "..") for part in parts):
-                raise ConfigError(f"storage root {root!r}: name a directory (not a whole file system, no '.' or '..')")
-            if protocol == "file":
-                self._local.append(os.path.normpath(path))
-            else:
-                self._remote.append((protocol, parts))
+    def __init__(self, roots: Iterable[str], *, purpose: str = "retention") -> None:
+        """``purpose`` names the caller in refusals: ``retention`` works under the storage_roots setting;
+        another caller (a model repository deleting its own versions) under the roots it passes."""
+        self.purpose = purpose
+        self._roots = StorageRoots(roots, purpose=purpose)
+        self.roots = self._roots.roots
+        self._local = self._roots.local
+        self._remote = self._roots.remote
 
     def __repr__(self) -> str:
         return f"RootedDeleter({list(self.roots)!r})"
 
     def _refuse(self, uri: str, why: str) -> DeletionRefused:
-        return DeletionRefused(
-            f"refusing to delete {uri}: {why}; retention deletes only inside the storage roots "
-            f"({', '.join(self.roots)}; the storage_roots setting)"
-        )
+        where = f"the storage roots ({', '.join(self.roots)}; the storage_roots setting)"
+        if self.purpose != "retention":
+            where = ", ".join(self.roots)
+        return DeletionRefused(f"refusing to delete {uri}: {why}; {self.purpose} deletes only inside {where}")
 
     def __call__(self, uri: str) -> None:
         # The rule a spec's dataset URIs obey (storage protocols only, no '::', no '.' or '..'):

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from weiflow.center.db import make_engine, make_sessionmaker, migrate
 from weiflow.center.ingest import ingest_events
 from weiflow.center.models import Base, Role
-from weiflow.center.repository import create_user
+from weiflow.center.repository import create_token, create_user
 from weiflow.config import load_settings
 from weiflow.dag import compile_file
 from weiflow.runtime import RunContext, run_pipeline
@@ -87,6 +87,27 @@ def activity_run_events(run_id: str = "r1") -> list[Event]:
     dag = compile_file(EXAMPLES / "user_activity_report.xml")
     run_pipeline(RunContext.create(dag, settings=load_settings(), tracker=tracker, run_id=run_id, ds=date(2026, 11, 2)))
     return list(tracker.events)
+
+
+TEAM = (
+    ("root", Role.ADMIN, []),
+    ("alice", Role.OWNER, ["ranking"]),
+    ("bob", Role.OWNER, ["ads"]),
+    ("vera", Role.VIEWER, []),
+)
+
+
+def add_team(sessions: sessionmaker[Session], *, password: str | None = None) -> dict[str, dict[str, str]]:
+    """root (admin), alice (owner, group ranking), bob (owner, group ads), vera (viewer): their API headers.
+
+    With ``password``, they can log in to the console too (each hash costs ~0.1 s of scrypt).
+    """
+    headers = {}
+    with sessions() as session:
+        for name, role, groups in TEAM:
+            create_user(session, name, role, groups=groups, password=password)
+            headers[name] = {"Authorization": f"Bearer {create_token(session, name)}"}
+    return headers
 
 
 @pytest.fixture

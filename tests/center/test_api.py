@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.center.conftest import add_team
 from weiflow.center.api import create_app
 from weiflow.center.models import Dataset as DatasetRow
 from weiflow.center.models import Pipeline, Role
@@ -24,17 +25,7 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 @pytest.fixture
 def api(sessions: sessionmaker[Session]) -> tuple[TestClient, dict[str, dict[str, str]]]:
-    headers = {}
-    with sessions() as session:
-        for name, role, groups in (
-            ("root", Role.ADMIN, []),
-            ("alice", Role.OWNER, ["ranking"]),
-            ("bob", Role.OWNER, ["ads"]),
-            ("vera", Role.VIEWER, []),
-        ):
-            create_user(session, name, role, groups=groups)
-            headers[name] = {"Authorization": f"Bearer {create_token(session, name)}"}
-    return TestClient(create_app(sessions)), headers
+    return TestClient(create_app(sessions)), add_team(sessions)
 
 
 def events(tmp_path: Path) -> list[str]:

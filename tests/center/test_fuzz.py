@@ -75,6 +75,9 @@ OPERATIONS = [
     "POST /api/v1/datasets/{dataset_id}/unpin",
     "GET /api/v1/jobs",
     "GET /api/v1/models",
+    "GET /api/v1/models/{name}",
+    "POST /api/v1/models/{name}/promote",
+    "POST /api/v1/models/{name}/rollback",
     "GET /api/v1/audit",
 ]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -46,7 +46,9 @@ from weiflow.center.apimodels import (
     IngestAnswer,
     Job,
     Me,
+    ModelDetail,
     ModelEntry,
+    PromoteRequest,
     RunDetail,
     RunPage,
 )
@@ -57,7 +59,10 @@ from weiflow.center.ingest import IngestResult, ingest_events, parse_events
 from weiflow.center.limits import BodyLimits, Limits
 from weiflow.center.models import Role
 from weiflow.center.repository import ActionError, Principal
+from weiflow.center.routing import change_routing
 from weiflow.config import load_settings
+from weiflow.modelrepo.contracts import MODEL_NAME_PATTERN
+from weiflow.storage import StorageRoots
 
 __all__ = ["app_from_settings", "create_app"]
 
@@ -119,6 +124,7 @@ RecordId = Annotated[int, Path(ge=1, le=repo.MAX_ID)]
 Before = Annotated[int | None, Query(ge=1, le=repo.MAX_ID)]
 # A list filter: no stored value is longer or holds a NUL (which PostgreSQL cannot even compare): 422.
 Filter = Annotated[str | None, Query(max_length=1024, pattern=r"^[^\x00]*$")]
+ModelName = Annotated[str, Path(pattern=f"^{MODEL_NAME_PATTERN}$")]
 
 
 class ErrorAnswer(BaseModel):
@@ -138,11 +144,13 @@ def create_app(
     console: bool = True,
     token_cache_s: float = TOKEN_CACHE_S,
     limits: Limits | None = None,
+    storage_roots: Sequence[str] = (),
 ) -> FastAPI:
     """The API (and the console, unless ``console=False``) over ``sessions``.
 
     A checked API token is trusted for ``token_cache_s`` seconds in this process (0: checked on
     every request). ``limits`` bound what one client may send (defaults: :class:`Limits`).
+    ``storage_roots``: where the center may change a model's routing file (none: it changes none).
     """
     limits = limits or Limits()
     # fastapi-offline: the docs page loads Swagger UI from this server, never from a CDN (the
@@ -158,6 +166,7 @@ def create_app(
     )
     app.state.sessions = sessions
     app.state.limits = limits
+    app.state.storage_roots = StorageRoots(storage_roots, purpose="changing routing") if storage_roots else None
     # Only the event loop's thread touches it (_principal is async), so no lock.
     app.state.tokens = TTLCache(maxsize=4096, ttl=token_cache_s) if token_cache_s > 0 else None
     ingesting = asyncio.Semaphore(limits.ingest_concurrency)
@@ -304,6 +313,37 @@ def create_app(
     def models(db: Reader, user: User) -> list[dict[str, Any]]:
         return repo.list_models(db)
 
+    @app.get("/api/v1/models/{name}", response_model=ModelDetail, responses=_answers(404))
+    def model(name: ModelName, db: Reader, user: User) -> dict[str, Any]:
+        detail = repo.model_detail(db, name)
+        if detail is None:
+            raise HTTPException(404, f"no model '{name}'")
+        return detail
+
+    @app.post("/api/v1/models/{name}/promote", response_model=ModelDetail, responses=_answers(400, 403, 404, 409))
+    def promote(name: ModelName, body: PromoteRequest, db: Db, user: User) -> dict[str, Any]:
+        """Give a version (default: the newest) ``traffic`` percent; the rest stays on the stable version."""
+        need(user, Role.ADMIN, Role.OWNER)
+        act(
+            change_routing,
+            db,
+            user,
+            name,
+            "promote",
+            version=body.version,
+            traffic=body.traffic,
+            roots=app.state.storage_roots,
+            via="api",
+        )
+        return repo.model_detail(db, name) or {}
+
+    @app.post("/api/v1/models/{name}/rollback", response_model=ModelDetail, responses=_answers(403, 404, 409))
+    def rollback(name: ModelName, db: Db, user: User) -> dict[str, Any]:
+        """All traffic back to the previous fully live version."""
+        need(user, Role.ADMIN, Role.OWNER)
+        act(change_routing, db, user, name, "rollback", roots=app.state.storage_roots, via="api")
+        return repo.model_detail(db, name) or {}
+
     @app.get("/api/v1/audit", response_model=AuditPage, responses=_answers(403))
     async def audit(
         db: Reader, user: User, limit: Annotated[int, Query(ge=1, le=repo.MAX_PAGE)] = 100, before: Before = None
@@ -324,5 +364,6 @@ def app_from_settings() -> FastAPI:
     What each ``weiflow center serve`` worker process and the Airflow plugin build.
     """
     limits = Limits.from_env()
-    engine = make_engine(load_settings().database_url, **limits.pool_options())
-    return create_app(make_sessionmaker(engine), limits=limits)
+    settings = load_settings()
+    engine = make_engine(settings.database_url, **limits.pool_options())
+    return create_app(make_sessionmaker(engine), limits=limits, storage_roots=settings.storage_roots)

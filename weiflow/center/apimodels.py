@@ -1,5 +1,5 @@
-"""The shapes of the API's answers, for its OpenAPI description: what clients (and the schemathesis
-run in the tests) can hold the center to.
+"""The shapes of the API's answers and request bodies, for its OpenAPI description: what clients
+(and the schemathesis run in the tests) can hold the center to.
 
 They describe what :mod:`weiflow.center.repository` returns; FastAPI checks each answer against
 them, so a drift between the two is an error the tests see, not a silent change for clients.
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from weiflow.center.repository import MAX_ID
 
 __all__ = [
     "AuditPage",
@@ -19,7 +21,10 @@ __all__ = [
     "IngestAnswer",
     "Job",
     "Me",
+    "ModelDetail",
     "ModelEntry",
+    "PromoteRequest",
+    "RoutingChange",
     "RunDetail",
     "RunPage",
 ]
@@ -204,13 +209,48 @@ class VersionRow(BaseModel):
     uri: str | None
     dataset: int | None
     deployed: bool
-    traffic: float | None
+    traffic: float | None = Field(description="percent of the model's requests it serves (0 when not live)")
+    labels: list[str] = Field(description="routing labels naming it: stable, canary, or the owner's own")
+    metrics: dict[str, float] = Field(description="what its run's evaluate module measured (from its manifest)")
+    publisher: str | None
     created_at: str | None
+    removed_at: str | None = Field(description="when its files left the repository (it stays listed)")
 
 
 class ModelEntry(BaseModel):
     name: str
+    pipeline: str | None = Field(description="the pipeline that publishes it; its owners may change the routing")
+    owner: str | None
+    repository: str | None
+    generation: int = Field(description="the routing file's generation the center mirrors")
+    labels: dict[str, int]
+    traffic: dict[str, float] = Field(description="live version -> percent")
+    mirrored_at: str | None
+    mirror_error: str | None = Field(description="why the last reading of the routing file failed, if it did")
     versions: list[VersionRow]
+
+
+class RoutingChange(BaseModel):
+    generation: int
+    action: str = Field(description="publish | promote | rollback | remove | label")
+    version: int | None
+    traffic: int | None
+    who: str
+    at: str | None
+    before: dict[str, int]
+    after: dict[str, int]
+    via: str = Field(description="pipeline | console | api | repository (made with `weiflow deploy` by hand)")
+
+
+class ModelDetail(ModelEntry):
+    metric_names: list[str] = Field(description="every metric its versions carry, for a side-by-side table")
+    history: list[RoutingChange] = Field(description="routing changes, newest first (the last 200)")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int | None = Field(None, ge=1, le=MAX_ID, description="default: the newest version")
+    traffic: int = Field(ge=0, le=100, description="percent for the version; the rest stays on the stable one")
 
 
 class AuditRow(BaseModel):

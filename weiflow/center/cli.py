@@ -17,6 +17,7 @@ from weiflow.center.limits import Limits
 from weiflow.center.models import Role
 from weiflow.center.repository import ActionError, create_token, create_user
 from weiflow.center.retention import PeriodicSweeper, find_orphans, sweep
+from weiflow.center.routing import mirror_repositories
 from weiflow.config import Settings
 
 __all__ = ["main"]
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         metavar="MINUTES",
-        help="run a retention sweep this often while serving (0: never; then schedule 'weiflow retention sweep')",
+        help="run a retention sweep and mirror the model repositories this often while serving (0: never; then "
+        "schedule 'weiflow center sweep' and 'weiflow center mirror-models')",
     )
     p.add_argument("--grace-days", type=float, default=3.0, help="grace period of the scheduled sweeps")
     # Unset flags leave the WEIFLOW_CENTER_* variables (or the defaults, in brackets) in force.
@@ -60,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grace-days", type=float, default=3.0)
     p.add_argument("--json", action="store_true")
+    sub.add_parser(
+        "mirror-models",
+        help="read every model's routing file and versions into the center (changes made with `weiflow deploy`)",
+    )
     p = sub.add_parser("orphans", help="files under the storage roots that no dataset claims")
     p.add_argument("--days", type=float, default=30.0, help="untouched for at least this long")
     p.add_argument("roots", nargs="*", help="storage roots (default: the storage_roots setting)")
@@ -185,6 +191,14 @@ def main(argv: Sequence[str], settings: Settings) -> int:
                     print(f"{label:<13} {entry['uri']}  ({entry.get('error') or entry.get('reason')})")
             print(report.summary(), file=sys.stderr)
         return 1 if report.failed else 0
+    if args.command == "mirror-models":
+        mirrored = mirror_repositories(sessions, settings.storage_roots)
+        for name, why in mirrored.failed.items():
+            print(f"FAILED {name}: {why}")
+        for name in mirrored.mirrored:
+            print(f"updated {name}")
+        print(mirrored.summary(), file=sys.stderr)
+        return 1 if mirrored.failed else 0
     if args.command == "orphans":
         with sessions() as session:
             orphans = find_orphans(session, args.roots or settings.storage_roots, older_than_days=args.days)

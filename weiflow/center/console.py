@@ -40,6 +40,8 @@ from weiflow.center import repository as repo
 from weiflow.center.dagsvg import STATE_COLOURS, render_dag_svg
 from weiflow.center.models import ApiToken, DatasetState, State, utcnow
 from weiflow.center.repository import ActionError, Principal
+from weiflow.center.routing import change_routing
+from weiflow.modelrepo.contracts import MODEL_NAME_PATTERN
 
 __all__ = ["SESSION_COOKIE", "SESSION_TTL", "add_console", "csrf_token"]
 
@@ -54,6 +56,10 @@ ACTIONS = {
     "pin": "pinned: never deleted while pinned",
     "unpin": "unpinned: its retention policy applies again",
 }
+MODEL_ACTIONS = {
+    "promote": "promoted: the routing file is rewritten and the prediction service follows it",
+    "rollback": "rolled back: all traffic is on the previous stable version again",
+}
 # Inline styles only (no scripts at all): the policy forbids everything else, including framing by other sites.
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
@@ -67,6 +73,7 @@ CSP = (
 _LOGIN_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="weiflow-login")
 # An id in a path or ``before``: digits only (int() would also take '+1', ' 1', '1_0' and other scripts' digits).
 _DIGITS = re.compile(r"[0-9]{1,19}")
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 _templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 
@@ -96,8 +103,14 @@ def _when(value: str | None) -> str:
         return value
 
 
+def _newest_first(split: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A split's (version, share) pairs, newest version first: by number, '10' after '9'."""
+    return sorted(split.items(), key=lambda item: int(item[0]) if str(item[0]).isdigit() else -1, reverse=True)
+
+
 _templates.env.filters["size"] = _size
 _templates.env.filters["when"] = _when
+_templates.env.filters["newest_first"] = _newest_first
 
 
 class _LoginRequired(Exception):
@@ -217,6 +230,11 @@ def _bad_filter(request: Request, user: Principal, *values: str | None) -> Respo
         message = f"Filters are text of at most {FILTER_MAX} characters, without NUL characters."
         return _page(request, "error.html", {"message": message}, user=user, status=422)
     return None
+
+
+def _stale_form(request: Request, user: Principal) -> Response:
+    message = "The form's security token is missing or stale; reload the page and try again."
+    return _page(request, "error.html", {"message": message}, user=user, status=403)
 
 
 def _form_ok(form_value: Any, cookie: str | None, purpose: str = "form") -> bool:
@@ -401,13 +419,7 @@ def add_console(app: FastAPI) -> None:
         with _sessions(request)() as db:
             user = _user(request, db)
             if not _form_ok(form.get("csrf"), request.cookies.get(SESSION_COOKIE)):
-                return _page(
-                    request,
-                    "error.html",
-                    {"message": "The form's security token is missing or stale; reload the page and try again."},
-                    user=user,
-                    status=403,
-                )
+                return _stale_form(request, user)
             pk = _id(dataset_id)
             if pk is None:
                 return no_dataset(request, user, dataset_id)
@@ -435,5 +447,64 @@ def add_console(app: FastAPI) -> None:
             user = _user(request, db)
             items = repo.list_models(db)
         return _page(request, "models.html", {"models": items}, user=user)
+
+    def model_page(
+        request: Request,
+        db: Session,
+        user: Principal,
+        name: str,
+        *,
+        message: str | None,
+        error: str | None,
+        status: int,
+    ) -> Response:
+        detail = repo.model_detail(db, name) if _MODEL_NAME.fullmatch(name) else None
+        if detail is None:
+            return _page(request, "error.html", {"message": f"No model '{_shown(name)}'."}, user=user, status=404)
+        context = {"m": detail, "may_manage": user.may_manage(detail["owner"]), "message": message, "error": error}
+        return _page(request, "model.html", context, user=user, status=status)
+
+    @router.get("/models/{name}")
+    def model(request: Request, name: str, done: str | None = None) -> Response:
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            return model_page(request, db, user, name, message=MODEL_ACTIONS.get(done or ""), error=None, status=200)
+
+    @router.post("/models/{name}/{action}")
+    async def model_action(request: Request, name: str, action: str) -> Response:
+        form = await request.form()
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            if not _form_ok(form.get("csrf"), request.cookies.get(SESSION_COOKIE)):
+                return _stale_form(request, user)
+            if action not in MODEL_ACTIONS or not _MODEL_NAME.fullmatch(name):
+                message = f"No action '{_shown(action)}'."
+                return _page(request, "error.html", {"message": message}, user=user, status=404)
+            version, traffic = str(form.get("version") or ""), str(form.get("traffic") or "")
+            problem = None
+            if version and _id(version) is None:
+                problem = f"Version '{_shown(version)}' is not a version number."
+            elif action == "promote" and (not traffic.isdigit() or not 0 <= int(traffic) <= 100):
+                problem = f"Traffic '{_shown(traffic)}' is not a whole percent from 0 to 100."
+            if problem:
+                return model_page(request, db, user, name, message=None, error=problem, status=422)
+            try:
+                await run_in_threadpool(
+                    change_routing,
+                    db,
+                    user,
+                    name,
+                    "promote" if action == "promote" else "rollback",
+                    version=_id(version) if version else None,
+                    traffic=int(traffic) if action == "promote" else None,
+                    roots=request.app.state.storage_roots,
+                    via="console",
+                )
+            except ActionError as exc:
+                db.rollback()
+                if exc.status == 404:
+                    return _page(request, "error.html", {"message": str(exc)}, user=user, status=404)
+                return model_page(request, db, user, name, message=None, error=str(exc), status=exc.status)
+        return _redirect(request, f"/models/{name}?" + urlencode({"done": action}))
 
     app.include_router(router)

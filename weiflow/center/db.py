@@ -8,10 +8,11 @@ from typing import Any, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["MIGRATIONS", "alembic_config", "changed", "make_engine", "make_sessionmaker", "migrate"]
+__all__ = ["MIGRATIONS", "alembic_config", "changed", "dialect_insert", "make_engine", "make_sessionmaker", "migrate"]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -64,3 +65,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 def changed(result: Result[Any]) -> int:
     """Rows an UPDATE or DELETE changed: how a conditional state transition tells who won."""
     return int(cast("CursorResult[Any]", result).rowcount)
+
+
+def dialect_insert(session: Session) -> Any:
+    """The session's database's own INSERT, which has ``ON CONFLICT`` (SQLite and PostgreSQL both do)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert

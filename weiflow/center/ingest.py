@@ -29,6 +29,7 @@ Run and node times come from the event (they order a run's history), but never f
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,12 +59,15 @@ from weiflow.center.models import (
     State,
 )
 from weiflow.center.repository import Principal
+from weiflow.center.routing import record_routing, repository_of
+from weiflow.modelrepo import ModelRepoError, Routing
 from weiflow.tracking import Event, EventKind
 
 __all__ = ["IngestResult", "ingest_events", "parse_events"]
 
 log = logging.getLogger("weiflow.center")
 
+MAX_VERSION_METRICS = 100  # metric values kept per model version (an evaluate module measures a handful)
 _ENDED = {State.SUCCEEDED, State.FAILED, State.SKIPPED}
 _END_STATE = {
     EventKind.RUN_SUCCEEDED: State.SUCCEEDED,
@@ -518,7 +522,12 @@ class _Applier:
         numbers("", self.e.detail)
 
     def _model(self, run: Run) -> None:
-        """``detail.model = {name, version, uri?, deployed?, traffic?}`` on any event records a model version."""
+        """``detail.model`` on any event records a model version; ``detail.routing`` mirrors its routing.
+
+        ``model = {name, version, uri?, repository?, deployed?, traffic?, metrics?, publisher?}``;
+        ``routing`` is the routing file after the change the event reports (its history cut to that
+        change), applied unless the center already shows a newer generation.
+        """
         spec = self.e.detail.get("model")
         if not isinstance(spec, dict) or "name" not in spec or "version" not in spec:
             return
@@ -544,7 +553,34 @@ class _Applier:
         if uri:
             version.uri = str(uri)
             version.dataset_id = self.s.scalar(select(Dataset.id).where(Dataset.uri == str(uri)))
+        repository = spec.get("repository") or (repository_of(str(uri), model.name, version.version) if uri else None)
+        if isinstance(repository, str) and repository:
+            model.repository = repository[:1024]
+        metrics = spec.get("metrics")
+        if isinstance(metrics, dict):
+            version.metrics = {
+                str(k)[:200]: float(v)
+                for k, v in list(metrics.items())[:MAX_VERSION_METRICS]
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+        if isinstance(spec.get("publisher"), str):
+            version.publisher = spec["publisher"][:100]
+        routing = self.e.detail.get("routing")
+        if routing is not None:
+            # The whole split, consistent across versions: the per-version fields below would let a late event
+            # undo a newer change.
+            record_routing(self.s, model, self._routing(model.name, routing), via="pipeline", now=self.now)
+            return
         if spec.get("deployed") is not None:
             version.deployed = bool(spec["deployed"])
         if spec.get("traffic") is not None:
             version.traffic = float(spec["traffic"])
+
+    def _routing(self, model: str, value: Any) -> Routing:
+        try:
+            routing = Routing.from_json(json.dumps(value), source="detail.routing")
+        except ModelRepoError as exc:
+            raise Refused(f"not a valid model routing: {exc.message}") from None
+        if routing.model != model:
+            raise Refused(f"detail.routing is the routing of model '{routing.model}', not of '{model}'")
+        return routing

@@ -40,6 +40,7 @@ __all__ = [
     "LoginFailure",
     "Metric",
     "Model",
+    "ModelChange",
     "ModelVersion",
     "ModuleRun",
     "NodeRun",
@@ -249,12 +250,22 @@ class RunUse(Base):
 
 
 class Model(Base):
+    """A model in a model repository, and a mirror of its routing file (which stays the source of truth)."""
+
     __tablename__ = "models"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     # The pipeline that first published it: only that pipeline's owners (or an admin) change it.
     pipeline_id: Mapped[int | None] = mapped_column(ForeignKey("pipelines.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The repository holding it (learnt from the versions' URIs); the center changes its routing
+    # there only when it lies inside the center's storage roots.
+    repository: Mapped[str | None] = mapped_column(String(1024))
+    # The routing's generation, labels and split as last mirrored; a lower generation is never applied.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    mirrored_at: Mapped[datetime | None]
+    mirror_error: Mapped[str | None] = mapped_column(String(1000))
 
 
 class ModelVersion(Base):
@@ -269,6 +280,31 @@ class ModelVersion(Base):
     deployed: Mapped[bool] = mapped_column(Boolean, default=False)
     traffic: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # From the version's manifest: what its run's evaluate module measured, and who published it.
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    publisher: Mapped[str | None] = mapped_column(String(100))
+    removed_at: Mapped[datetime | None]  # its files were removed from the repository (kept here for the record)
+
+
+class ModelChange(Base):
+    """One change of a model's routing (its generation), whoever made it: a pipeline, the console or the CLI.
+
+    The routing file keeps only its last 100 changes; this table keeps the whole trail.
+    """
+
+    __tablename__ = "model_changes"
+    __table_args__ = (UniqueConstraint("model_id", "generation"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int | None] = mapped_column(Integer)
+    traffic: Mapped[int | None] = mapped_column(Integer)
+    who: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime]
+    before: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    after: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    via: Mapped[str] = mapped_column(String(20))  # pipeline | console | api | repository
 
 
 class Metric(Base):

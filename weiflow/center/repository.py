@@ -30,10 +30,9 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from weiflow.center.db import changed
+from weiflow.center.db import changed, dialect_insert
 from weiflow.center.models import (
     ApiToken,
     AuditEntry,
@@ -43,6 +42,7 @@ from weiflow.center.models import (
     LoginFailure,
     Metric,
     Model,
+    ModelChange,
     ModelVersion,
     ModuleRun,
     NodeRun,
@@ -76,6 +76,7 @@ __all__ = [
     "list_models",
     "list_runs",
     "login_blocked",
+    "model_detail",
     "record_login_failure",
     "revoke_token",
     "run_detail",
@@ -253,7 +254,7 @@ def record_login_failure(session: Session, username: str, address: str, *, now: 
     block that follows is computed from this very count.
     """
     now = now or datetime.now(UTC)
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = dialect_insert(session)
     for key in _login_keys(username, address):
         counted = (
             insert(LoginFailure)
@@ -672,22 +673,94 @@ def list_jobs(session: Session) -> list[dict[str, Any]]:
     return jobs
 
 
-def list_models(session: Session) -> list[dict[str, Any]]:
-    models: dict[str, list[dict[str, Any]]] = {}
-    for name, v in session.execute(
-        select(Model.name, ModelVersion).join(ModelVersion, ModelVersion.model_id == Model.id).order_by(ModelVersion.id)
-    ):
-        models.setdefault(name, []).append(
+def _version_number(row: dict[str, Any]) -> tuple[int, str]:
+    return (int(row["version"]), "") if row["version"].isdigit() else (2**63, row["version"])
+
+
+def list_models(session: Session, *, name: str | None = None) -> list[dict[str, Any]]:
+    """Every model (or the one called ``name``): its owner, repository, mirrored routing and versions.
+
+    Versions come in version order, each with its share, labels, metrics and publisher; a version
+    removed from the repository stays listed, with ``removed_at``.
+    """
+    query = select(Model, Pipeline.name, Pipeline.owner).outerjoin(Pipeline, Pipeline.id == Model.pipeline_id)
+    if name is not None:
+        query = query.where(Model.name == name)
+    models: dict[int, dict[str, Any]] = {
+        model.id: {
+            "name": model.name,
+            "pipeline": pipeline,
+            "owner": owner,
+            "repository": model.repository,
+            "generation": model.generation,
+            "labels": dict(model.labels or {}),
+            "traffic": {},
+            "mirrored_at": _iso(model.mirrored_at),
+            "mirror_error": model.mirror_error,
+            "versions": [],
+        }
+        for model, pipeline, owner in session.execute(query.order_by(Model.name))
+    }
+    if not models:
+        return []
+    versions = session.scalars(select(ModelVersion).where(ModelVersion.model_id.in_(models)).order_by(ModelVersion.id))
+    for v in versions:
+        entry = models[v.model_id]
+        labels = sorted(label for label, number in entry["labels"].items() if str(number) == v.version)
+        entry["versions"].append(
             {
                 "version": v.version,
                 "uri": v.uri,
                 "dataset": v.dataset_id,
                 "deployed": v.deployed,
                 "traffic": v.traffic,
+                "labels": labels,
+                "metrics": dict(v.metrics or {}),
+                "publisher": v.publisher,
                 "created_at": _iso(v.created_at),
+                "removed_at": _iso(v.removed_at),
             }
         )
-    return [{"name": name, "versions": versions} for name, versions in sorted(models.items())]
+        if v.deployed and v.traffic:
+            entry["traffic"][v.version] = v.traffic
+    for entry in models.values():
+        entry["versions"].sort(key=_version_number)
+    return list(models.values())
+
+
+def model_detail(session: Session, name: str, *, history: int = 200) -> dict[str, Any] | None:
+    """One model as :func:`list_models` gives it, with the metric names its versions share and its
+    last ``history`` routing changes, newest first."""
+    found = list_models(session, name=name)
+    if not found:
+        return None
+    model = found[0]
+    names: dict[str, None] = {}
+    for version in model["versions"]:
+        names.update(dict.fromkeys(sorted(version["metrics"])))
+    model["metric_names"] = list(names)
+    model_id = session.scalar(select(Model.id).where(Model.name == name))
+    changes = session.scalars(
+        select(ModelChange)
+        .where(ModelChange.model_id == model_id)
+        .order_by(ModelChange.generation.desc())
+        .limit(history)
+    )
+    model["history"] = [
+        {
+            "generation": c.generation,
+            "action": c.action,
+            "version": c.version,
+            "traffic": c.traffic,
+            "who": c.who,
+            "at": _iso(c.at),
+            "before": c.before,
+            "after": c.after,
+            "via": c.via,
+        }
+        for c in changes
+    ]
+    return model
 
 
 # ---- owner actions --------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from weiflow.center.models import (
     RunUse,
     State,
 )
+from weiflow.center.routing import mirror_repositories
 from weiflow.errors import ConfigError
 from weiflow.storage import DeletionRefused, RootedDeleter
 
@@ -384,7 +385,8 @@ def sweep(
 
 
 class PeriodicSweeper:
-    """Runs :func:`sweep` every ``every`` in a background thread until stopped: the scheduled sweep.
+    """Runs :func:`sweep`, then mirrors the model repositories, every ``every`` in a background thread until
+    stopped: the center's scheduled housekeeping.
 
     Several centers may each run one: concurrent sweeps never delete twice (see the module
     docstring). A sweep that raises is logged and the next one runs on time.
@@ -420,6 +422,12 @@ class PeriodicSweeper:
                 log.info("scheduled retention sweep: %s", report.summary())
             except Exception:
                 log.exception("scheduled retention sweep failed; the next one runs in %s", self.every)
+            # Routing changes made with `weiflow deploy` by hand reach the center here.
+            try:
+                mirrored = mirror_repositories(self.sessions, self.deleter.roots, now=self.clock())
+                log.info("scheduled model mirror: %s", mirrored.summary())
+            except Exception:
+                log.exception("scheduled model mirror failed; the next one runs in %s", self.every)
             self.sweeps += 1
 
 

@@ -131,7 +131,7 @@ class FileRepository:
         self._fs, self._root = _open(self._uri)
         self._local = isinstance(self._fs, LocalFileSystem)
         # Local deletions never leave the repository, whatever links lie inside it.
-        self._deleter = RootedDeleter([self._root]) if self._local else None
+        self._deleter = RootedDeleter([self._root], purpose="the model repository") if self._local else None
         self._lock_timeout_s = lock_timeout_s
         self._stale_after_s = stale_after_s  # longer than any copy: another host's leftovers age out
 

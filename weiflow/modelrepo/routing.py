@@ -360,6 +360,14 @@ class Routing:
         history = f"[\n  {changes}\n ]" if changes else "[]"
         return json.dumps(head, indent=1, ensure_ascii=False)[: -len("\n}")] + f',\n "history": {history}\n}}\n'
 
+    def snapshot(self) -> dict[str, Any]:
+        """The routing as a JSON object with only its latest change: what a deploy event reports.
+
+        :meth:`from_json` reads it back (of ``json.dumps(snapshot)``); the control center mirrors it.
+        """
+        document: dict[str, Any] = json.loads(replace(self, history=self.history[-1:]).to_json())
+        return document
+
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "<routing>") -> Routing:
         """Read a routing file written by :meth:`to_json`; errors name ``source`` and the fix."""

@@ -232,7 +232,16 @@ def test_deploy_nodes_publish_gray_release_promote_and_roll_back(
         "rollback",
     ]
     # What the center mirrors: one METRICS event per version whose share a change touched.
-    models = [e.detail["model"] for e in tracker.events if e.kind == EventKind.METRICS]
+    reports = [e.detail for e in tracker.events if e.kind == EventKind.METRICS]
+    fields = ("name", "version", "uri", "deployed", "traffic")
+    models = [{k: r["model"][k] for k in fields} for r in reports]
+    # ... with the routing after each change, which the center mirrors, and the version's manifest.
+    assert [(r["routing"]["generation"], r["routing"]["traffic"]) for r in reports[-2:]] == [(4, {"1": 100})] * 2
+    first = reports[0]["model"]
+    assert (first["metrics"], first["publisher"]) == (
+        dict(repo.manifest("ctr", 1).metrics),
+        repo.manifest("ctr", 1).publisher,
+    )
     assert models[:3] == [
         {"name": "ctr", "version": 1, "uri": repo.version_uri("ctr", 1), "deployed": True, "traffic": 100},
         {"name": "ctr", "version": 1, "uri": repo.version_uri("ctr", 1), "deployed": True, "traffic": 90},

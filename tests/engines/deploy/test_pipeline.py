@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from weiflow.center.db import make_engine, make_sessionmaker, migrate
+from weiflow.center.ingest import ingest_events
+from weiflow.center.repository import list_models
 from weiflow.config import load_settings
 from weiflow.dag import compile_file
-from weiflow.engines.deploy.actions import promote, rollback
-from weiflow.modelrepo import FileRepository
+from weiflow.modelrepo import FileRepository, promote, rollback
 from weiflow.runtime import RunContext, run_node, run_pipeline
 from weiflow.tracking import EventKind, MemoryTracker
 
@@ -116,7 +118,9 @@ def test_feed_ctr_twin_publishes_a_gray_release_then_promotes_and_rolls_back(
 
     # The run's events carry each version whose share the publish touched (what the center mirrors).
     def models(tracker: MemoryTracker) -> list[dict[str, object]]:
-        return [e.detail["model"] for e in tracker.events if e.kind is EventKind.METRICS and "model" in e.detail]
+        fields = ("name", "version", "uri", "deployed", "traffic")
+        reports = [e.detail["model"] for e in tracker.events if e.kind is EventKind.METRICS and "model" in e.detail]
+        return [{k: model[k] for k in fields} for model in reports]
 
     uri = {v: repo.version_uri("feed_ctr", v) for v in (1, 2)}
     assert models(first) == [{"name": "feed_ctr", "version": 1, "uri": uri[1], "deployed": True, "traffic": 100}]
@@ -124,6 +128,18 @@ def test_feed_ctr_twin_publishes_a_gray_release_then_promotes_and_rolls_back(
         {"name": "feed_ctr", "version": 1, "uri": uri[1], "deployed": True, "traffic": 90},
         {"name": "feed_ctr", "version": 2, "uri": uri[2], "deployed": True, "traffic": 10},
     ]
+
+    # The control center, fed the runs' events, mirrors the split and the metrics each version was gated on.
+    engine = make_engine(f"sqlite:///{tmp_path / 'center.db'}")
+    migrate(engine)
+    center = make_sessionmaker(engine)
+    with center() as session:
+        ingest_events(session, [*first.events, *second.events])
+        [mirrored] = list_models(session)
+    assert mirrored["repository"] in (repo.uri, f"file://{repo.uri}")
+    assert mirrored["traffic"] == {"1": 90.0, "2": 10.0}
+    assert [v["metrics"] for v in mirrored["versions"]] == [dict(repo.manifest("feed_ctr", v).metrics) for v in (1, 2)]
+    assert mirrored["versions"][1]["metrics"]["auc"] >= 0.5
 
     assert promote(repo, "feed_ctr", None, 100, who="ranking").traffic == {2: 100}
     assert repo.read_routing("feed_ctr").traffic == {2: 100}

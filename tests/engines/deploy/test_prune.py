@@ -68,9 +68,12 @@ def publisher(
     return compile_spec
 
 
+MODEL_FIELDS = ("name", "version", "uri", "deployed", "traffic")  # and metrics, publisher, repository
+
+
 def _models(tracker: MemoryTracker) -> list[dict[str, Any]]:
     return [
-        {**e.detail["model"], "action": e.detail["action"]}
+        {**{k: e.detail["model"][k] for k in MODEL_FIELDS}, "action": e.detail["action"]}
         for e in tracker.events
         if e.kind is EventKind.METRICS and "model" in e.detail
     ]

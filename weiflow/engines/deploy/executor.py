@@ -88,8 +88,9 @@ class DeployExecutor(Executor):
             keep_last=_keep_last(dataset, attrs),
         )
         _report(ctx, module, published.repository, published.routing, published.version)
-        for version in published.pruned.removed:
-            _report_version(ctx, module, published.repository, published.model, version, traffic=0, action="remove")
+        if published.pruned.routing is not None:
+            for version in published.pruned.removed:
+                _report_version(ctx, module, published.repository, published.pruned.routing, version, action="remove")
         for problem in published.pruned.problems:
             log.warning("%s.%s: publish succeeded, but pruning did not: %s", ctx.node.id, module.id, problem)
         return published.routing
@@ -132,29 +133,37 @@ def _report(ctx: NodeContext, module: ModulePlan, repo: Repository, routing: Rou
     change = routing.history[-1]
     touched = [*sorted((set(change.before) | set(change.after)) - {version}), version]
     for number in touched:
-        _report_version(
-            ctx, module, repo, routing.model, number, traffic=routing.traffic.get(number, 0), action=change.action
-        )
+        _report_version(ctx, module, repo, routing, number, action=change.action)
 
 
 def _report_version(
-    ctx: NodeContext, module: ModulePlan, repo: Repository, model: str, version: int, *, traffic: int, action: str
+    ctx: NodeContext, module: ModulePlan, repo: Repository, routing: Routing, version: int, *, action: str
 ) -> None:
+    """A METRICS event for ``version``: its share, its manifest's metrics, and the routing after the change.
+
+    The control center records the version from ``detail.model`` and mirrors the routing from
+    ``detail.routing`` (the routing file with its latest change).
+    """
+    traffic = routing.traffic.get(version, 0)
+    model: dict[str, Any] = {
+        "name": routing.model,
+        "version": version,
+        "uri": version_uri(repo, routing.model, version),  # <repository>/<model>/<version>: the center reads both
+        "deployed": traffic > 0,
+        "traffic": traffic,
+    }
+    if action != "remove":
+        try:
+            manifest = repo.manifest(routing.model, version)
+            model |= {"metrics": dict(manifest.metrics), "publisher": manifest.publisher}
+        except ModelRepoError as exc:  # the report is a courtesy: the change itself is done
+            log.warning("%s.%s: cannot read the manifest of version %d: %s", ctx.node.id, module.id, version, exc)
     ctx.run.event(
         EventKind.METRICS,
         node=ctx.node.id,
         module=module.id,
         attempt=ctx.attempt,
-        detail={
-            "model": {
-                "name": model,
-                "version": version,
-                "uri": version_uri(repo, model, version),
-                "deployed": traffic > 0,
-                "traffic": traffic,
-            },
-            "action": action,
-        },
+        detail={"model": model, "action": action, "routing": routing.snapshot()},
     )
 
 

@@ -358,16 +358,18 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "center",
-        help="the control center: serve, migrate, sweep, orphans, user, push",
-        description="Subcommands: serve, migrate, sweep, orphans, user, push (see 'weiflow center serve --help').",
+        help="the control center: serve, migrate, sweep, mirror-models, orphans, user, push",
+        description="Subcommands: serve, migrate, sweep, mirror-models, orphans, user, push "
+        "(see 'weiflow center serve --help').",
     )
     p.add_argument("center_args", nargs=argparse.REMAINDER, metavar="SUBCOMMAND ...")
     p.set_defaults(handler=_cmd_center)
 
     p = sub.add_parser(
         "deploy",
-        help="the model repository: publish, promote, rollback, status",
-        description="Subcommands: publish, promote, rollback, status (see 'weiflow deploy publish --help').",
+        help="the model repository: publish, promote, rollback, status, render, sync",
+        description="Subcommands: publish, promote, rollback, status, render (Kubernetes manifests of the "
+        "prediction service), sync (copy a repository for it) (see 'weiflow deploy publish --help').",
     )
     p.add_argument("deploy_args", nargs=argparse.REMAINDER, metavar="ACTION ...")
     p.set_defaults(handler=_cmd_deploy)

@@ -4,21 +4,33 @@ Engines start long-lived children (spark-submit and its JVM, TensorFlow servers 
 on their own). Each is started through :func:`dying_with_parent`, so Linux kills it when its
 parent dies, even when the parent is killed with SIGKILL and has no chance to clean up. Each
 runs in a process group of its own, which :func:`stop_groups` stops as a whole.
+
+:func:`serve_workers` runs an ASGI app (the control center, the prediction service) in several
+worker processes. uvicorn's own ``--workers`` shares one listening socket between its processes,
+and whichever process wakes first accepts every connection waiting: 20 clients connecting
+together all landed on one of two workers (bench_center), so keep-alive clients never used the
+second CPU. Here each worker binds its own ``SO_REUSEPORT`` socket on the same address, and the
+kernel spreads new connections over them.
 """
 
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from multiprocessing.process import BaseProcess
+from types import FrameType
 from typing import Any
 
-__all__ = ["die_with_parent", "dying_with_parent", "free_port", "signal_group", "stop_groups"]
+__all__ = ["die_with_parent", "dying_with_parent", "free_port", "serve_workers", "signal_group", "stop_groups"]
+
+WORKERS_STOP_GRACE_S = 10.0  # how long serve_workers gives its workers to finish the requests in flight
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -92,3 +104,72 @@ def stop_groups(procs: Sequence[subprocess.Popen[Any]], grace_s: float) -> bool:
         signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
     return in_time
+
+
+def _serve_one(app: str, host: str, port: int, options: Mapping[str, Any], name: str) -> None:
+    """A worker of :func:`serve_workers`: its own ``SO_REUSEPORT`` socket, then uvicorn on it."""
+    import uvicorn
+
+    die_with_parent(signal.SIGTERM)  # a supervisor killed outright leaves no worker serving
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        print(f"{name}: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        sys.exit(3)
+    uvicorn.Server(uvicorn.Config(app, factory=True, **options)).run(sockets=[sock])
+
+
+def serve_workers(
+    app: str, host: str, port: int, *, workers: int, name: str, options: Mapping[str, Any] | None = None
+) -> int:
+    """Serve the ASGI app factory ``app`` ("module:function") in ``workers`` processes until SIGTERM or
+    SIGINT, or until one of them dies; the exit status. ``options`` go to ``uvicorn.Config``.
+
+    Workers are spawned, not forked: they inherit no threads (a sweeper, a model poller) or engines,
+    and each builds its app from the environment.
+    """
+    import uvicorn
+
+    options = dict(options or {})
+    if workers == 1:
+        uvicorn.Server(uvicorn.Config(app, factory=True, host=host, port=port, **options)).run()
+        return 0
+    context = multiprocessing.get_context("spawn")
+    processes: list[BaseProcess] = []
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for _ in range(workers):
+            started = context.Process(target=_serve_one, args=(app, host, port, options, name), daemon=True)
+            started.start()
+            processes.append(started)
+        print(f"{name}: {workers} workers on http://{host}:{port}", file=sys.stderr, flush=True)
+        while not stopping and all(p.is_alive() for p in processes):
+            time.sleep(0.2)
+        failed = [p for p in processes if not p.is_alive()]
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: uvicorn finishes the requests in flight
+        deadline = time.monotonic() + WORKERS_STOP_GRACE_S
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
+        if failed and not stopping:
+            codes = ", ".join(f"pid {p.pid} exit {p.exitcode}" for p in failed)
+            print(f"{name}: a worker stopped ({codes}); stopped the others", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

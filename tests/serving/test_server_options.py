@@ -110,7 +110,6 @@ def test_grpc_port_is_accepted_and_said_to_be_ignored() -> None:
         (["--model_name=m"], "no models to serve"),
         (["--repository=/r", "--model_config_file=/c"], "--repository and --model_config_file both name the models"),
         (["--repository=/r", "--model_base_path=/m"], "--repository and --model_base_path both name the models"),
-        (["--repository=/r", "--model_name=m"], "--repository and --model_name both name the models"),
         (
             ["--model_base_path=/m", "--batching_parameters_file=/b.txt"],
             "--batching_parameters_file=/b.txt given but batching is not enabled; add --enable_batching",
@@ -154,6 +153,14 @@ def test_help_lists_the_flags_but_not_the_compatibility_only_port() -> None:
     for flag in ("--rest_api_port", "--rest_api_host", "--model_config_file", "--enable_batching", "--repository"):
         assert flag in text
     assert "--port " not in text
+
+
+def test_model_name_picks_one_model_of_the_repository() -> None:
+    options = parse_server_options(["--repository=/r", "--model_name=feed_ctr"])
+    assert (options.repository, options.repository_models) == ("/r", ("feed_ctr",))
+    assert parse_server_options(["--repository=/r"]).repository_models == ()
+    with pytest.raises(ConfigError, match="cannot contain"):
+        parse_server_options(["--repository=/r", "--model_name=a/b"])
 
 
 def test_repository_options_have_no_flag_models() -> None:

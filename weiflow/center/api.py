@@ -64,7 +64,7 @@ from weiflow.config import load_settings
 from weiflow.modelrepo.contracts import MODEL_NAME_PATTERN
 from weiflow.storage import StorageRoots
 
-__all__ = ["app_from_settings", "create_app"]
+__all__ = ["APP", "SERVER_OPTIONS", "app_from_settings", "create_app"]
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -355,6 +355,18 @@ def create_app(
     if console:
         add_console(app)
     return app
+
+
+APP = "weiflow.center.api:app_from_settings"  # what each `weiflow center serve` worker builds
+SERVER_OPTIONS: dict[str, Any] = {
+    "log_level": "info",
+    # Per worker: connections and tasks beyond this get 503 at once instead of queueing without end.
+    "limit_concurrency": 1000,
+    "timeout_keep_alive": 5,
+    # uvicorn would believe X-Forwarded-For from any local process: the login throttle counts per
+    # client address, and a local client must not pick its own. Behind a proxy, see docs/center.md.
+    "proxy_headers": False,
+}
 
 
 def app_from_settings() -> FastAPI:

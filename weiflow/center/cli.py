@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 
+from weiflow.center.api import APP, SERVER_OPTIONS
 from weiflow.center.db import make_engine, make_sessionmaker, migrate
 from weiflow.center.limits import Limits
 from weiflow.center.models import Role
@@ -19,6 +20,7 @@ from weiflow.center.repository import ActionError, create_token, create_user
 from weiflow.center.retention import PeriodicSweeper, find_orphans, sweep
 from weiflow.center.routing import mirror_repositories
 from weiflow.config import Settings
+from weiflow.processes import serve_workers
 
 __all__ = ["main"]
 
@@ -140,8 +142,6 @@ def main(argv: Sequence[str], settings: Settings) -> int:
         return 0
     migrate(engine)
     if args.command == "serve":
-        from weiflow.center.serving import serve
-
         if args.workers < 1:
             print(f"weiflow center serve: --workers {args.workers}: needs at least 1", file=sys.stderr)
             return 2
@@ -170,7 +170,9 @@ def main(argv: Sequence[str], settings: Settings) -> int:
             )
             sweeper.start()
         try:
-            return serve(args.host, args.port, workers=args.workers)
+            return serve_workers(
+                APP, args.host, args.port, workers=args.workers, name="weiflow center", options=SERVER_OPTIONS
+            )
         finally:
             if sweeper is not None:
                 sweeper.stop()

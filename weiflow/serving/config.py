@@ -554,6 +554,7 @@ class ServerOptions:
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: int = 0
     repository: str = ""
+    repository_models: tuple[str, ...] = ()  # --model_name with --repository: serve only these (else every model)
     file_system_poll_wait_seconds: int = 1
     enable_batching: bool = False
     batching_parameters_file: str = ""
@@ -636,7 +637,11 @@ def build_argument_parser(prog: str = "weiflow serve") -> argparse.ArgumentParse
         default=0,
         help="re-read --model_config_file this often (0: read once)",
     )
-    add("--repository", default="", help="serve every model of this WeiFlow model repository, with its routing")
+    add(
+        "--repository",
+        default="",
+        help="serve the models of this WeiFlow model repository (every one, or --model_name's), with their routing",
+    )
     add(
         "--file_system_poll_wait_seconds",
         type=_seconds,
@@ -666,7 +671,7 @@ def parse_server_options(argv: Sequence[str]) -> ServerOptions:
     one of ``--model_base_path`` / ``--model_config_file`` is required, and with a config file
     ``--model_name`` and ``--model_base_path`` are ignored (a notice says so); a batching
     parameters file needs ``--enable_batching``. ``--repository`` is a third source of models and
-    combines with neither.
+    combines with neither; with it, ``--model_name`` picks the one model to serve.
     """
     args = build_argument_parser().parse_args(list(argv))
     notices: list[str] = []
@@ -676,11 +681,12 @@ def parse_server_options(argv: Sequence[str]) -> ServerOptions:
         if value
     ]
 
-    if args.repository and (args.model_config_file or from_flags):
-        other = "--model_config_file" if args.model_config_file else " and ".join(from_flags)
+    if args.repository and (args.model_config_file or args.model_base_path):
+        other = "--model_config_file" if args.model_config_file else "--model_base_path"
         raise ConfigError(
-            f"--repository and {other} both name the models to serve; give one: --repository serves every model "
-            f"of a WeiFlow model repository, --model_config_file a TensorFlow Serving list, --model_base_path one model"
+            f"--repository and {other} both name the models to serve; give one: --repository serves the models "
+            f"of a WeiFlow model repository (--model_name picks one of them), --model_config_file a TensorFlow "
+            "Serving list, --model_base_path one model"
         )
     if not (args.repository or args.model_config_file or args.model_base_path):
         raise ConfigError(
@@ -693,7 +699,8 @@ def parse_server_options(argv: Sequence[str]) -> ServerOptions:
     if args.model_config_file_poll_wait_seconds and not args.model_config_file:
         notices.append("--model_config_file_poll_wait_seconds ignored: no --model_config_file")
     model_name = args.model_name or "default"
-    if args.model_base_path and not args.model_config_file and _UNROUTABLE.search(model_name):
+    repository_models = (args.model_name,) if args.repository and args.model_name else ()
+    if (args.model_base_path or repository_models) and not args.model_config_file and _UNROUTABLE.search(model_name):
         raise ConfigError(
             f"--model_name={model_name!r}: a name cannot contain '/', ':' or spaces (REST paths carry it)"
         )
@@ -712,6 +719,7 @@ def parse_server_options(argv: Sequence[str]) -> ServerOptions:
         model_config_file=args.model_config_file,
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         repository=args.repository,
+        repository_models=repository_models,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,

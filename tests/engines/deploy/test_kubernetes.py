@@ -33,6 +33,7 @@ from weiflow.engines.deploy.kubernetes import (
     wait_available,
 )
 from weiflow.errors import ConfigError
+from weiflow.serving.config import parse_server_options
 
 SERVING = Path(__file__).resolve().parents[3] / "deploy" / "serving"
 NS = "serving-ns"
@@ -100,10 +101,11 @@ def test_the_validation_catches_a_misspelled_or_missing_field() -> None:
 def test_the_server_runs_weiflow_serve_probed_on_the_rest_port_as_non_root() -> None:
     deployment = by_kind(render_manifests(CLAIM))["Deployment"]
     server = containers(deployment)["serving"]
-    assert server["command"] == [
-        "weiflow", "serve", "--repository", "/models", "--model", "feed_ctr", "--rest_api_port", "8501",
-        "--host", "0.0.0.0",
-    ]  # fmt: skip
+    # The command is one `weiflow serve` accepts, serving this model from the repository the pod gets.
+    assert server["command"][:2] == ["weiflow", "serve"]
+    options = parse_server_options(server["command"][2:])
+    assert (options.repository, options.repository_models) == ("/models", ("feed_ctr",))
+    assert (options.rest_api_host, options.rest_api_port) == ("0.0.0.0", 8501)
     assert server["image"] == IMAGE
     assert server["ports"] == [{"name": "http", "containerPort": 8501, "protocol": "TCP"}]
     assert server["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}

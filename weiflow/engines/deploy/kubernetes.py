@@ -215,14 +215,11 @@ def server_command(model: str) -> list[str]:
     return [
         "weiflow",
         "serve",
-        "--repository",
-        MODELS_PATH,
-        "--model",
-        model,
-        "--rest_api_port",
-        str(REST_PORT),
-        "--host",
-        "0.0.0.0",  # the pod's network namespace is the boundary; 127.0.0.1 would be unreachable
+        f"--repository={MODELS_PATH}",
+        f"--model_name={model}",
+        f"--rest_api_port={REST_PORT}",
+        # The pod's network namespace is the boundary; 127.0.0.1 would be unreachable.
+        "--rest_api_host=0.0.0.0",
     ]
 
 

@@ -295,3 +295,9 @@ def test_cli_publishes_promotes_rolls_back_and_reports(export: Callable[..., Pat
     assert back.returncode == 0 and back.stdout.strip() == "ctr: v1 100% (stable=v1)"
     text = weiflow("deploy", "status").stdout
     assert "ctr: v1 100%" in text and "rollback v1" in text and "auc=0.75" in text
+
+    assert weiflow("deploy", "publish", str(dataset), "--model", "ctr", "--keep-last", "0").returncode == 2
+    pruned = weiflow("deploy", "publish", str(dataset), "--model", "ctr", "--traffic", "0", "--keep-last", "1")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "removed unrouted version(s) 2" in pruned.stderr  # v3 (newest unrouted) stays, v1 is live
+    assert FileRepository(status["repository"]).versions("ctr") == [1, 3]

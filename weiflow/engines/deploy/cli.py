@@ -54,6 +54,16 @@ def _percent(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: keep at least 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="weiflow deploy", description="Publish, promote, roll back and inspect models in the model repository."
@@ -67,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="NAME")
     p.add_argument("--traffic", type=_percent, default=100, metavar="P", help="percent to the new version (100)")
     p.add_argument("--require", metavar="EXPR", help='gates on the exported metrics, e.g. "auc>=0.72,logloss<=0.5"')
+    p.add_argument(
+        "--keep-last",
+        type=_positive,
+        metavar="N",
+        help="then remove versions that route nothing beyond the newest N (live, labelled and rollback's are kept)",
+    )
     p.add_argument("--load-timeout", type=float, default=LOAD_CHECK_TIMEOUT_S, metavar="S", help=argparse.SUPPRESS)
 
     p = sub.add_parser("promote", parents=[common], help="give a version a share of traffic")
@@ -228,8 +244,13 @@ def main(argv: Sequence[str], settings: Settings) -> int:
             require=args.require,
             who=who,
             load_check=LoadChecker(args.load_timeout),
+            keep_last=args.keep_last,
         )
         print(f"published {published.model} version {published.version}: {published.uri}", file=sys.stderr)
+        if published.pruned.removed:
+            print(f"removed unrouted version(s) {', '.join(map(str, published.pruned.removed))}", file=sys.stderr)
+        for problem in published.pruned.problems:
+            print(f"warning: published, but pruning did not: {problem}", file=sys.stderr)
         print(_split(published.routing))
         return 0
     repo = FileRepository(uri)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,17 @@ def isolated_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.delenv("WEIFLOW_STORAGE_ROOTS", raising=False)
     monkeypatch.chdir(tmp_path)
     yield var
+
+
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny real SavedModels over the test feature map (tests/engines/deploy/savedmodels.py), built once in a
+    child process so the test process never imports TensorFlow: ``good`` (logistic) and ``nan``."""
+    root = tmp_path_factory.mktemp("savedmodels")
+    script = REPO / "tests" / "engines" / "deploy" / "savedmodels.py"
+    proc = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return root
 
 
 @pytest.fixture

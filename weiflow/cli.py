@@ -299,6 +299,12 @@ def _cmd_center(args: argparse.Namespace, settings: Settings) -> int:
     return int(center_cli.main(args.center_args, settings))
 
 
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    # Loaded by name, at call time: the core imports no serving code (nor TensorFlow).
+    serve_cli = importlib.import_module("weiflow.serving.cli")
+    return int(serve_cli.main(args.serve_args, settings))
+
+
 def _cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     # Loaded by name, at call time, like the center: the core imports no engine.
     deploy_cli = importlib.import_module("weiflow.engines.deploy.cli")
@@ -373,11 +379,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("deploy_args", nargs=argparse.REMAINDER, metavar="ACTION ...")
     p.set_defaults(handler=_cmd_deploy)
+
+    p = sub.add_parser(
+        "serve",
+        help="the prediction service: TensorFlow Serving's REST API and raw-feature scoring",
+        description="Flags as tensorflow_model_server spells them (see 'weiflow serve --help'): "
+        "--rest_api_port=8501 --model_name=NAME --model_base_path=DIR, --model_config_file=FILE, "
+        "--repository=URI, --enable_batching ...",
+        add_help=False,
+    )
+    p.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="FLAG ...")  # main() passes them on as they are
+    p.set_defaults(handler=_cmd_serve)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["serve"]:
+        # Its flags start with '--' (TensorFlow Serving's), which argparse's REMAINDER will not take.
+        args = argparse.Namespace(handler=_cmd_serve, serve_args=words[1:])
+    else:
+        args = _parser().parse_args(words)
     try:
         settings = load_settings()
         return int(args.handler(args, settings))

@@ -70,6 +70,7 @@ DEFAULT_REST_API_HOST = "127.0.0.1"
 # TensorFlow Serving's documented REST port. Its own flag defaults to 0 ("no REST API"), but REST
 # is all weiflow serve speaks, so 0 here means "any free port" (what tests and benches want).
 DEFAULT_REST_API_PORT = 8501
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a request body beyond this is refused (413) before it is read
 TENSORFLOW_PLATFORM = "tensorflow"
 # TensorFlow Serving's REST paths (/v1/models/{name}/labels/{label}) cannot carry these.
 _UNROUTABLE = re.compile(r"[/:\s]")
@@ -558,6 +559,8 @@ class ServerOptions:
     file_system_poll_wait_seconds: int = 1
     enable_batching: bool = False
     batching_parameters_file: str = ""
+    workers: int = 1
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     allow_version_labels_for_unavailable_models: bool = False
     notices: tuple[str, ...] = ()
 
@@ -649,6 +652,13 @@ def build_argument_parser(prog: str = "weiflow serve") -> argparse.ArgumentParse
         help="look for new versions this often (0: only at startup)",
     )
     add("--enable_batching", type=_flag_bool, nargs="?", const=True, default=False, help="batch concurrent requests")
+    add("--workers", type=_whole_number, default=1, help="server processes, each with every model loaded (default 1)")
+    add(
+        "--max_request_bytes",
+        type=_whole_number,
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        help="larger request bodies get 413 (default: %(default)s)",
+    )
     add("--batching_parameters_file", default="", help="a BatchingParameters text file (needs --enable_batching)")
     add(
         "--allow_version_labels_for_unavailable_models",
@@ -709,6 +719,10 @@ def parse_server_options(argv: Sequence[str]) -> ServerOptions:
             f"--batching_parameters_file={args.batching_parameters_file} given but batching is not enabled; "
             f"add --enable_batching (or drop the file)"
         )
+    if not 1 <= args.workers <= 64:
+        raise ConfigError(f"--workers={args.workers}: give 1 to 64 server processes")
+    if args.max_request_bytes < 1024:
+        raise ConfigError(f"--max_request_bytes={args.max_request_bytes}: allow at least 1024 bytes")
     if args.port is not None:
         notices.append(f"--port={args.port} ignored: weiflow serve has no gRPC API; REST is on --rest_api_port")
     return ServerOptions(
@@ -723,6 +737,8 @@ def parse_server_options(argv: Sequence[str]) -> ServerOptions:
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file,
+        workers=args.workers,
+        max_request_bytes=args.max_request_bytes,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         notices=tuple(notices),
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,16 +14,6 @@ from tests.modelrepo.conftest import FEATURE_MAP, write_saved_model
 from weiflow.modelrepo.contracts import EXPORT_METRICS_PATH, FEATURE_MAP_PATH
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="session")
-def built_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("savedmodels")
-    proc = subprocess.run(
-        [sys.executable, str(HERE / "savedmodels.py"), str(root)], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return root
 
 
 @pytest.fixture

@@ -1,0 +1,345 @@
+"""``weiflow serve``'s HTTP server: TensorFlow Serving's REST API, raw-feature scoring, health and metrics.
+
+Routes (TensorFlow Serving's, https://www.tensorflow.org/tfx/serving/api_rest, plus two of ours):
+
+- ``GET  /v1/models/{name}[/versions/{v}|/labels/{l}]``: model status;
+- ``GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata``: signatures;
+- ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict``: row (``instances``) or columnar
+  (``inputs``) requests, answered as TensorFlow Serving shapes them;
+- ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:score``: ``{"instances": [raw rows], "key": "..."}``
+  mapped by the version's own feature map, answered ``{"scores": [...], "model_version": "7"}``;
+- ``GET /v2/health/live``, ``GET /v2/health/ready`` (ready once every model has a warm version);
+- ``GET /monitoring/prometheus/metrics``.
+
+Errors are TensorFlow Serving's ``{"error": "..."}`` with its HTTP codes (400 bad request, 404
+unknown model or version, 413 body too large, 429 batching queue full, 500 the model failed).
+Every answer from a model names the version in the body (``:score``) and in ``X-Model-Version``.
+
+The server is Starlette on uvicorn, without FastAPI: the request bodies are TensorFlow Serving's
+free-form JSON, which a schema layer would only slow down (single-row latency is the figure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from weiflow.features.featuremap import FeatureError
+from weiflow.serving.batching import Batcher, BatcherClosed, BatchStats, BatchTooLarge, QueueFull
+from weiflow.serving.config import BatchingParameters
+from weiflow.serving.manager import ModelManager, ModelNotFound
+from weiflow.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from weiflow.serving.servable import Servable, ServableError
+from weiflow.serving.tfjson import RequestError, dumps, parse_predict, predict_response
+
+__all__ = ["MAX_SCORE_ROWS", "PredictionService", "create_app"]
+
+log = logging.getLogger("weiflow.serving")
+
+MAX_SCORE_ROWS = 10_000  # rows in one :score request; larger lists are a client's bug, not a batch
+# /v1/models/NAME[/versions/N|/labels/L][/metadata|:VERB]
+_MODEL_PATH = re.compile(
+    r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]{1,18})|/labels/(?P<label>[^/:]+))?"
+    r"(?:(?P<metadata>/metadata)|:(?P<verb>[a-z]+))?"
+)
+_JSON = "application/json"
+
+
+class _Refused(Exception):
+    """An answer other than 200: TensorFlow Serving's ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, version: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.version = status, message, version
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(orjson.dumps({"error": message}), status_code=status, media_type=_JSON)
+
+
+class PredictionService:
+    """What the routes share: the loaded models, one batcher per (version, signature), the metrics."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        *,
+        batching: BatchingParameters | None = None,
+        max_request_bytes: int = 64 * 1024 * 1024,
+        metrics: ServingMetrics | None = None,
+    ) -> None:
+        self.manager = manager
+        self.batching = batching
+        self.max_request_bytes = max_request_bytes
+        self.metrics = metrics or ServingMetrics()
+        self._batchers: dict[tuple[str, int, str], tuple[Servable, Batcher]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.manager.start()
+
+    def stop(self) -> None:
+        self.manager.stop()
+        for _, batcher in list(self._batchers.values()):
+            batcher.close(drain=True)
+        self._batchers.clear()
+
+    def model_changed(self, model: str, version: int, state: str) -> None:
+        """The manager's report: metrics follow it; a version that leaves takes its batchers along."""
+        self.metrics.set_state(model, version, state)
+        if state in ("UNLOADING", "END"):
+            for key in [k for k in self._batchers if k[:2] == (model, version)]:
+                _, batcher = self._batchers.pop(key)
+                _close_later(batcher)
+
+    # -- running a model ---------------------------------------------------------------
+
+    async def run(self, servable: Servable, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``signature`` on ``inputs``: through the version's batcher with batching on, else in a thread."""
+        labels = (servable.model, str(servable.version))
+        if self.batching is None:
+            started = time.perf_counter()
+            outputs = await run_in_threadpool(servable.run, signature, inputs)
+            self.metrics.model_time.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.batch_size.labels(*labels).observe(_rows(inputs))
+            return outputs
+        for attempt in range(2):
+            batcher = self._batcher(servable, signature)
+            try:
+                future = batcher.submit(inputs)
+                break
+            except BatcherClosed:
+                # The version was reloaded between the lookup and the submit: its new batcher takes it.
+                if attempt:
+                    raise _Refused(
+                        503, f"{servable.model} version {servable.version} is being unloaded; retry"
+                    ) from None
+            except QueueFull:
+                full = f"the batching queue of {servable.model} version {servable.version} is full; retry"
+                raise _Refused(429, full, servable.version) from None
+            except (BatchTooLarge, ValueError, TypeError) as exc:
+                raise _Refused(400, str(exc), servable.version) from None
+        return await asyncio.wrap_future(future)
+
+    def _batcher(self, servable: Servable, signature: str) -> Batcher:
+        key = (servable.model, servable.version, signature)
+        found = self._batchers.get(key)
+        if found is not None and found[0] is servable:
+            return found[1]
+        assert self.batching is not None
+        labels = (servable.model, str(servable.version))
+
+        def observe(stats: BatchStats) -> None:
+            self.metrics.queue.labels(*labels).observe(stats.queue_s)
+            self.metrics.model_time.labels(*labels).observe(stats.run_s)
+            self.metrics.batch_size.labels(*labels).observe(stats.size)
+
+        def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return servable.run(signature, inputs)
+
+        batcher = Batcher(run, self.batching, name=f"{servable.model}/{servable.version}/{signature}", on_batch=observe)
+        self._batchers[key] = (servable, batcher)
+        if found is not None:  # a reloaded version under the same number: the old batcher drains and goes
+            _close_later(found[1])
+        return batcher
+
+    # -- the routes --------------------------------------------------------------------
+
+    async def models(self, request: Request) -> Response:
+        match = _MODEL_PATH.fullmatch(request.url.path)
+        if match is None:
+            return _error(404, f"Malformed request: {request.method} {request.url.path}")
+        name, verb = match["name"], match["verb"]
+        version = int(match["version"]) if match["version"] else None
+        label = match["label"]
+        api = "metadata" if match["metadata"] else (verb or "status")
+        if request.method == "GET" and verb is None:
+            return await self._answer(name, api, lambda: self._get(name, version, label, bool(match["metadata"])))
+        if request.method == "POST" and verb == "predict":
+            return await self._answer(name, api, lambda: self._predict(request, name, version, label))
+        if request.method == "POST" and verb == "score":
+            return await self._answer(name, api, lambda: self._score(request, name, version, label))
+        if request.method == "POST" and verb in ("classify", "regress"):
+            return _error(400, f"{verb} is not supported by weiflow serve: use :predict, or :score for raw features")
+        return _error(404, f"Malformed request: {request.method} {request.url.path}")
+
+    async def _answer(self, model: str, api: str, handler: Callable[[], Any]) -> Response:
+        started = time.perf_counter()
+        version = ""
+        try:
+            body, served = await handler()
+            version = str(served) if served is not None else ""
+            response = Response(body, media_type=_JSON)
+            if version:
+                response.headers["X-Model-Version"] = version
+        except _Refused as exc:
+            version = str(exc.version) if exc.version is not None else ""
+            response = _error(exc.status, exc.message)
+        except ModelNotFound as exc:  # 404, or 400 for an unknown version label, as TensorFlow Serving answers
+            response = _error(getattr(exc, "http_status", 404), str(exc.args[0]) if exc.args else str(exc))
+        except (RequestError, FeatureError) as exc:
+            response = _error(400, str(exc))
+        except ServableError as exc:
+            response = _error(400, str(exc))
+        except Exception as exc:  # never die of a request: answer 500 and log the cause
+            log.exception("%s %s failed", api, model)
+            response = _error(500, f"{type(exc).__name__}: {exc}")
+        self.metrics.requests.labels(model, version, api, str(response.status_code)).inc()
+        self.metrics.latency.labels(model, api).observe(time.perf_counter() - started)
+        return response
+
+    async def _get(self, name: str, version: int | None, label: str | None, metadata: bool) -> tuple[bytes, int | None]:
+        if not metadata:
+            if label is not None:
+                version = self.manager.resolve(name, label=label)
+            return orjson.dumps(self.manager.status(name, version)), None
+        with self.manager.lease(name, version=version, label=label) as servable:
+            return dumps(servable.metadata()), servable.version
+
+    async def _body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise _Refused(413, f"request body of {declared} bytes exceeds {self.max_request_bytes}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                raise _Refused(413, f"request body exceeds {self.max_request_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _predict(
+        self, request: Request, name: str, version: int | None, label: str | None
+    ) -> tuple[bytes, int | None]:
+        body = await self._body(request)
+        with self.manager.lease(name, version=version, label=label) as servable:
+            parsed = parse_predict(body, servable.signature)
+            outputs = await self.run(servable, parsed.signature_name, parsed.inputs)
+            return dumps(predict_response(parsed, outputs)), servable.version
+
+    async def _score(self, request: Request, name: str, version: int | None, label: str | None) -> tuple[bytes, int]:
+        body = await self._body(request)
+        rows, key = _score_request(body)
+        with self.manager.lease(name, version=version, label=label, key=key) as servable:
+            online, signature = servable.online, servable.signature(None)
+            if online is None:
+                raise _Refused(
+                    400,
+                    f"{name} version {servable.version} has no feature map (assets.extra/featuremap.json): "
+                    "score raw features only with models a WeiFlow pipeline exported; use :predict",
+                    servable.version,
+                )
+            started = time.perf_counter()
+            columns = {source: [row.get(source) for row in rows] for source in online.sources}
+            mapped = online.transform_columns(columns)  # a missing field is null, as a missing column value offline
+            inputs = {}
+            for input_name, info in signature.inputs.items():
+                if input_name not in mapped:
+                    raise _Refused(
+                        500,
+                        f"{name} version {servable.version}: the signature input '{input_name}' is not a feature of "
+                        "its feature map",
+                        servable.version,
+                    )
+                inputs[input_name] = np.asarray(mapped[input_name], dtype=info.dtype)
+            self.metrics.feature_mapping.labels(name).observe(time.perf_counter() - started)
+            outputs = await self.run(servable, signature.name, inputs)
+            scores = _scores(outputs)
+            return orjson.dumps({"scores": scores, "model_version": str(servable.version)}), servable.version
+
+    async def live(self, request: Request) -> Response:
+        return Response(b'{"live": true}', media_type=_JSON)
+
+    async def ready(self, request: Request) -> Response:
+        ready = self.manager.ready()
+        return Response(orjson.dumps({"ready": ready}), status_code=200 if ready else 503, media_type=_JSON)
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _close_later(batcher: Batcher) -> None:
+    """Drain and close ``batcher`` on a thread of its own: closing waits for its queue (up to 30 s), and the
+    caller is the event loop or the manager's poll thread, neither of which may wait that long."""
+    threading.Thread(target=batcher.close, kwargs={"drain": True}, name=f"close {batcher!r}", daemon=True).start()
+
+
+def _rows(inputs: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def _score_request(body: bytes) -> tuple[list[dict[str, Any]], str | None]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"JSON Parse error: {exc}") from None
+    if not isinstance(document, dict):
+        raise RequestError('a :score request is an object: {"instances": [{"field": value, ...}, ...], "key": "..."}')
+    unknown = sorted(set(document) - {"instances", "key"})
+    if unknown:
+        raise RequestError(f"unknown field(s) {', '.join(unknown)} in a :score request (instances, key)")
+    rows = document.get("instances")
+    if not isinstance(rows, list) or not rows:
+        raise RequestError("'instances' must be a non-empty list of objects (one per row of raw features)")
+    if len(rows) > MAX_SCORE_ROWS:
+        raise RequestError(f"'instances' holds {len(rows)} rows; send at most {MAX_SCORE_ROWS} per request")
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise RequestError(f"instances[{index}] is not an object of raw feature values")
+    key = document.get("key")
+    if key is not None and (not isinstance(key, str) or len(key) > 1024):
+        raise RequestError("'key' must be a string of at most 1024 characters (it picks the version)")
+    return rows, key
+
+
+def _scores(outputs: Mapping[str, np.ndarray]) -> list[float | None]:
+    """The model's score per row: ``probability`` when it has one (WeiFlow's exports do), else its only output."""
+    if "probability" in outputs:
+        values = outputs["probability"]
+    elif len(outputs) == 1:
+        values = next(iter(outputs.values()))
+    else:
+        raise RequestError(
+            f"the model has outputs {', '.join(sorted(outputs))} and none is 'probability'; use :predict"
+        )
+    flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)[:, 0]
+    return [float(v) if math.isfinite(v) else None for v in flat.tolist()]
+
+
+def create_app(service: PredictionService) -> Starlette:
+    """The ASGI app over ``service``: the models load at startup, before the first request is taken."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(service.stop)
+
+    routes = [
+        Route("/v2/health/live", service.live, methods=["GET"]),
+        Route("/v2/health/ready", service.ready, methods=["GET"]),
+        Route("/monitoring/prometheus/metrics", service.prometheus, methods=["GET"]),
+        Route("/v1/models/{path:path}", service.models, methods=["GET", "POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.service = service
+    return app

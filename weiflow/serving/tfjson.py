@@ -29,6 +29,7 @@ import base64
 import binascii
 import json
 import math
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -414,6 +415,8 @@ def _json_values(name: str, array: np.ndarray) -> Any:
         else:
             flat = [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
         return _nest(flat, array.shape)
+    if kind not in "biu" and kind != "f":
+        raise RequestError(f"Failed to write JSON value for tensor type: {_dtype_text(array.dtype)}")
     return array.tolist()
 
 
@@ -424,15 +427,22 @@ def _float32_values(array: np.ndarray) -> Any:
     float32, else with 9 digits; a client parses that text as a double. Writing the float32 widened
     to double instead would give 0.10000000149011612 where TF Serving gives 0.1.
     """
-    single = array.astype(np.float32).reshape(-1)
-    out: list[float] = []
-    for value in single.tolist():
-        if not math.isfinite(value):
-            out.append(value)
-            continue
-        short = float(f"{value:.6g}")
-        out.append(short if np.float32(short) == np.float32(value) else float(f"{value:.9g}"))
+    out: list[float] = array.astype(np.float32).reshape(-1).tolist()  # exact float32 values, as doubles
+    for index, value in enumerate(out):
+        if math.isfinite(value):
+            short = float(f"{value:.6g}")
+            out[index] = short if _reads_back_as_float32(short, value) else float(f"{value:.9g}")
     return _nest(out, array.shape)
+
+
+_FLOAT32 = struct.Struct("<f")
+
+
+def _reads_back_as_float32(decimal: float, value: float) -> bool:
+    try:
+        return bool(_FLOAT32.unpack(_FLOAT32.pack(decimal))[0] == value)
+    except OverflowError:  # rounded up past float32's largest value
+        return False
 
 
 def _nest(flat: list[Any], shape: tuple[int, ...]) -> Any:

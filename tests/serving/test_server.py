@@ -159,6 +159,8 @@ def test_health_and_prometheus_metrics(server: str) -> None:
         (s.labels["version"], s.labels["state"]): s.value for s in families["weiflow_serving_model_state"].samples
     }
     assert states[("1", "AVAILABLE")] == 1
+    loads = {s.labels["version"]: s.value for s in families["weiflow_serving_model_load_seconds"].samples}
+    assert 0 < loads["1"] < 60
 
 
 def test_new_versions_routing_changes_and_a_broken_version_cost_no_request(built_models: Path, tmp_path: Path) -> None:
@@ -217,3 +219,60 @@ def test_new_versions_routing_changes_and_a_broken_version_cost_no_request(built
     assert "3" not in served
     # The same key lands on the same version while the split holds.
     assert json.dumps(status)  # serialisable as TensorFlow Serving's
+
+
+@pytest.fixture(scope="module")
+def tf_serving_style(saved_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Started as tensorflow_model_server is: a model_config_list file (with a version label), two workers."""
+    root = tmp_path_factory.mktemp("tfs")
+    config = root / "models.config"
+    config.write_text(
+        f"""
+        # TensorFlow Serving's ModelServerConfig, text format
+        model_config_list {{
+          config {{
+            name: "half_plus_two"
+            base_path: "{saved_models["half_plus_two"].parent}"
+            model_platform: "tensorflow"
+            model_version_policy {{ specific {{ versions: 1 }} }}
+            version_labels {{ key: "stable" value: 1 }}
+          }}
+        }}
+        """
+    )
+    with serving(root / "serve.log", f"--model_config_file={config}", "--workers=2") as url:
+        yield url
+
+
+def test_tensorflow_servings_documented_requests_work_unchanged(tf_serving_style: str) -> None:
+    url = f"{tf_serving_style}/v1/models/half_plus_two"
+    # https://www.tensorflow.org/tfx/serving/api_rest: the half_plus_two examples, row and columnar.
+    assert httpx.post(f"{url}:predict", json={"instances": [1.0, 2.0, 5.0]}).json() == {"predictions": [2.5, 3.0, 4.5]}
+    assert httpx.post(f"{url}:predict", json={"inputs": [1.0, 2.0, 5.0]}).json() == {"outputs": [2.5, 3.0, 4.5]}
+    three = {"signature_name": "half_plus_three", "instances": [1.0, 2.0, 5.0]}
+    assert httpx.post(f"{url}/versions/1:predict", json=three).json() == {"predictions": [3.5, 4.0, 5.5]}
+    labelled = httpx.post(f"{url}/labels/stable:predict", json={"instances": [2.0]})
+    assert labelled.json() == {"predictions": [3.0]} and labelled.headers["X-Model-Version"] == "1"
+    status = httpx.get(f"{url}/labels/stable").json()["model_version_status"]
+    assert [(s["version"], s["state"]) for s in status] == [("1", "AVAILABLE")]
+    both = httpx.post(f"{url}:predict", json={"instances": [1.0], "inputs": [1.0]})
+    assert both.status_code == 400
+    assert "expecting only one of 'inputs' or 'instances'" in both.json()["error"]
+    unknown = httpx.post(f"{url}/labels/canary:predict", json={"instances": [1.0]})
+    assert unknown.status_code == 400 and "canary" in unknown.json()["error"]
+    assert httpx.post(f"{url}:classify", json={"examples": []}).status_code == 400
+
+
+def test_two_workers_share_the_port_and_add_up_their_metrics(tf_serving_style: str) -> None:
+    url = f"{tf_serving_style}/v1/models/half_plus_two:predict"
+    for _ in range(20):  # new connections: the kernel spreads them over both workers' sockets
+        assert httpx.post(url, json={"instances": [1.0]}).status_code == 200
+    text = httpx.get(f"{tf_serving_style}/monitoring/prometheus/metrics").text
+    predicted = sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "weiflow_serving_requests"
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels["api"] == "predict" and s.labels["code"] == "200"
+    )
+    assert predicted >= 20  # whichever worker answers the scrape reports every worker's requests

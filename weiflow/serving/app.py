@@ -22,6 +22,7 @@ free-form JSON, which a schema layer would only slow down (single-row latency is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -58,6 +59,8 @@ _MODEL_PATH = re.compile(
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[a-z]+))?"
 )
 _JSON = "application/json"
+# TensorFlow Serving's HTTP status for each of its error codes (the rest: 500).
+_HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503}
 
 
 class _Refused(Exception):
@@ -103,6 +106,9 @@ class PredictionService:
     def model_changed(self, model: str, version: int, state: str) -> None:
         """The manager's report: metrics follow it; a version that leaves takes its batchers along."""
         self.metrics.set_state(model, version, state)
+        if state == "AVAILABLE":
+            with contextlib.suppress(ModelNotFound), self.manager.lease(model, version=version) as servable:
+                self.metrics.load_seconds.labels(model, str(version)).set(getattr(servable, "load_seconds", 0.0))
         if state in ("UNLOADING", "END"):
             for key in [k for k in self._batchers if k[:2] == (model, version)]:
                 _, batcher = self._batchers.pop(key)
@@ -196,7 +202,7 @@ class PredictionService:
         except (RequestError, FeatureError) as exc:
             response = _error(400, str(exc))
         except ServableError as exc:
-            response = _error(400, str(exc))
+            response = _error(_HTTP_STATUS.get(exc.code, 500), str(exc))
         except Exception as exc:  # never die of a request: answer 500 and log the cause
             log.exception("%s %s failed", api, model)
             response = _error(500, f"{type(exc).__name__}: {exc}")

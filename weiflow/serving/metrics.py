@@ -69,7 +69,7 @@ class ServingMetrics:
         )
         self.load_seconds = Gauge(
             "weiflow_serving_model_load_seconds",
-            "How long loading and warming up a version took",
+            "How long loading a version took (tf.saved_model.load and its signatures)",
             ["model", "version"],
             registry=r,
             multiprocess_mode="max",

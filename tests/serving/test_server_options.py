@@ -95,7 +95,10 @@ def test_model_config_file_is_read_and_wins_over_single_model_flags(tmp_path: Pa
     assert [model.name for model in options.model_configs()] == ["a", "b"]
     assert options.model_config_file_poll_wait_seconds == 60
     # tensorflow_model_server ignores them silently; weiflow serve says so.
-    assert options.notices == ("--model_name and --model_base_path ignored: --model_config_file lists the models",)
+    assert options.notices == (
+        "--model_name and --model_base_path ignored: --model_config_file lists the models",
+        "--model_config_file_poll_wait_seconds ignored: the model list is read at startup; restart to change it",
+    )
 
 
 def test_grpc_port_is_accepted_and_said_to_be_ignored() -> None:

@@ -708,6 +708,11 @@ def parse_server_options(argv: Sequence[str]) -> ServerOptions:
         notices.append(f"{' and '.join(from_flags)} ignored: --model_config_file lists the models")
     if args.model_config_file_poll_wait_seconds and not args.model_config_file:
         notices.append("--model_config_file_poll_wait_seconds ignored: no --model_config_file")
+    elif args.model_config_file_poll_wait_seconds:
+        # New versions of the listed models are still found (--file_system_poll_wait_seconds).
+        notices.append(
+            "--model_config_file_poll_wait_seconds ignored: the model list is read at startup; restart to change it"
+        )
     model_name = args.model_name or "default"
     repository_models = (args.model_name,) if args.repository and args.model_name else ()
     if (args.model_base_path or repository_models) and not args.model_config_file and _UNROUTABLE.search(model_name):

@@ -19,6 +19,7 @@ from weiflow.center.ingest import ingest_events
 from weiflow.center.repository import list_models
 from weiflow.config import load_settings
 from weiflow.dag import compile_file
+from weiflow.features.online import OnlineFeatures
 from weiflow.modelrepo import FileRepository, promote, rollback
 from weiflow.runtime import RunContext, run_node, run_pipeline
 from weiflow.tracking import EventKind, MemoryTracker
@@ -77,7 +78,7 @@ def write_events(path: Path, rows: int = 2000) -> None:
     path.mkdir(parents=True)
     table = pa.table(
         {
-            "uid": [f"u{i}" for i in rng.integers(300, size=rows)],
+            "uid": [f"u{i}" for i in range(rows)],  # unique: a sample row finds its raw row by uid
             "item_id": [f"i{i}" for i in rng.integers(200, size=rows)],
             "city": city.tolist(),
             "age": age,
@@ -86,6 +87,48 @@ def write_events(path: Path, rows: int = 2000) -> None:
         }
     )
     pq.write_table(table, path / "part-0.parquet")
+
+
+def spark_samples(directory: Path) -> dict[str, dict[str, float]]:
+    """uid -> the ids and values the Spark features module wrote for that row (its TFRecord files)."""
+    import tensorflow as tf
+
+    rows = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(("_", "."))):
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            features = tf.train.Example.FromString(record).features.feature
+            row = {
+                name: (f.int64_list.value or f.float_list.value or f.bytes_list.value)[0]
+                for name, f in features.items()
+            }
+            rows[row.pop("uid").decode()] = row
+    return rows
+
+
+def served_exactly_as_trained(repo: FileRepository, events: Path, samples: Path, work: Path) -> None:
+    """Raw rows through `weiflow serve`'s :score score as the model scores the ids Spark wrote for them."""
+    import httpx
+    import pyarrow.parquet as pq
+
+    from tests.serving.test_server import serving
+
+    written = spark_samples(samples)
+    raw = [row for row in pq.read_table(events).to_pylist() if row["uid"] in written][:40]
+    features = repo.feature_map("feed_ctr", 1)
+    online = OnlineFeatures(features)
+    mapped = online.transform_columns({s: [row[s] for row in raw] for s in online.sources})
+    names = [f.name for f in features.features]
+    for name in names:  # the same ids (and normalized values) as Spark's, row by row
+        assert mapped[name].tolist() == pytest.approx([written[row["uid"]][name] for row in raw], rel=1e-6), name
+    with serving(work / "serve.log", f"--repository={repo.uri}") as url:
+        model = f"{url}/v1/models/feed_ctr/versions/1"
+        scored = httpx.post(f"{model}:score", json={"instances": raw}, timeout=30)
+        assert scored.status_code == 200, scored.text
+        ids = [{name: written[row["uid"]][name] for name in names} for row in raw]
+        predicted = httpx.post(f"{model}:predict", json={"instances": ids}, timeout=30)
+        assert predicted.status_code == 200, predicted.text
+    probabilities = [p["probability"] for p in predicted.json()["predictions"]]
+    assert scored.json()["scores"] == pytest.approx(probabilities, rel=1e-6, abs=1e-7)
 
 
 def test_feed_ctr_twin_publishes_a_gray_release_then_promotes_and_rolls_back(
@@ -107,6 +150,7 @@ def test_feed_ctr_twin_publishes_a_gray_release_then_promotes_and_rolls_back(
     evaluated = next(e.detail for e in first.events if e.kind is EventKind.METRICS and e.module == "eval")
     assert set(manifest.metrics) >= {"auc", "logloss"} and manifest.metrics["auc"] == pytest.approx(evaluated["auc"])
     assert manifest.metrics["auc"] >= 0.5
+    served_exactly_as_trained(repo, events, isolated_var / "storage" / "feed_ctr" / "samples", tmp_path)
 
     second = MemoryTracker()
     again = RunContext.create(dag, settings=load_settings(), tracker=second, run_id="r2")

@@ -136,10 +136,15 @@ def test_a_routing_that_does_not_add_up_or_names_another_model_is_refused(setup:
     bad_sum.detail["routing"] = {**r1.snapshot(), "traffic": {"1": 90}}
     other = deploy_event(setup.repository, v1, r1)
     other.detail["routing"] = {**r1.snapshot(), "model": "someone_elses"}
-    result = setup.post("alice", [run_started(), bad_sum, other])
+    huge = deploy_event(setup.repository, v1, r1)  # PostgreSQL's 32-bit columns would fail the whole batch
+    huge.detail["routing"] = {**r1.snapshot(), "generation": 2**31}
+    badly_named = deploy_event(setup.repository, v1, r1)
+    badly_named.detail["model"] = {**badly_named.detail["model"], "name": "../../etc"}
+    result = setup.post("alice", [run_started(), bad_sum, other, huge, badly_named])
     reasons = " | ".join(result["problems"])
-    assert result["rejected"] == 2, result
+    assert result["rejected"] == 4, result
     assert "sum to 90" in reasons and "not of 'feed_ctr'" in reasons
+    assert "32-bit" in reasons and "invalid model name" in reasons
     with setup.sessions() as session:
         assert list_models(session) == []  # a refused event leaves nothing behind
 

@@ -59,8 +59,8 @@ from weiflow.center.models import (
     State,
 )
 from weiflow.center.repository import Principal
-from weiflow.center.routing import record_routing, repository_of
-from weiflow.modelrepo import ModelRepoError, Routing
+from weiflow.center.routing import record_routing, repository_of, too_large
+from weiflow.modelrepo import ModelRepoError, Routing, check_model_name
 from weiflow.tracking import Event, EventKind
 
 __all__ = ["IngestResult", "ingest_events", "parse_events"]
@@ -531,6 +531,12 @@ class _Applier:
         spec = self.e.detail.get("model")
         if not isinstance(spec, dict) or "name" not in spec or "version" not in spec:
             return
+        try:
+            check_model_name(str(spec["name"]))
+        except ModelRepoError as exc:
+            raise Refused(f"detail.model.name: {exc.message} ({exc.hint})") from None
+        if len(str(spec["version"])) > 100:
+            raise Refused("detail.model.version: at most 100 characters")
         model = self.s.scalar(select(Model).where(Model.name == str(spec["name"])))
         if model is None:
             model = Model(name=str(spec["name"]), pipeline_id=run.pipeline_id, created_at=self.now)
@@ -583,4 +589,7 @@ class _Applier:
             raise Refused(f"not a valid model routing: {exc.message}") from None
         if routing.model != model:
             raise Refused(f"detail.routing is the routing of model '{routing.model}', not of '{model}'")
+        problem = too_large(routing)
+        if problem:
+            raise Refused(problem)
         return routing

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center.db import dialect_insert
 from weiflow.center.models import AuditEntry, Model, ModelChange, ModelVersion, Pipeline, utcnow
-from weiflow.center.repository import ActionError, Principal
+from weiflow.center.repository import MAX_ID, ActionError, Principal
 from weiflow.modelrepo import FileRepository, ModelRepoError, Repository, Routing, RoutingConflict, promote, rollback
 from weiflow.modelrepo.contracts import parse_version
 from weiflow.storage import StorageRoots
@@ -41,6 +41,7 @@ __all__ = [
     "mirror_repositories",
     "record_routing",
     "repository_of",
+    "too_large",
 ]
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,16 @@ def repository_of(version_uri: str, model: str, version: str) -> str | None:
     suffix = f"/{model}/{version}"
     if version_uri.endswith(suffix) and len(version_uri) > len(suffix):
         return version_uri[: -len(suffix)]
+    return None
+
+
+def too_large(routing: Routing) -> str | None:
+    """Why the center's columns cannot hold ``routing`` (generations and versions are 32-bit there), or None."""
+    numbers = [routing.generation, *routing.traffic, *routing.labels.values(), *routing.previous_stable]
+    for change in routing.history:
+        numbers += [change.version or 0, *change.before, *change.after]
+    if max(numbers, default=0) > MAX_ID:
+        return f"model '{routing.model}': a generation or version beyond {MAX_ID} (the center's columns are 32-bit)"
     return None
 
 
@@ -81,6 +92,9 @@ def record_routing(session: Session, model: Model, routing: Routing, *, via: Via
     """
     if routing.model != model.name:
         raise ValueError(f"routing of '{routing.model}' given for model '{model.name}'")
+    problem = too_large(routing)
+    if problem:
+        raise ValueError(problem)
     first = routing.generation - len(routing.history) + 1
     known = set(
         session.scalars(
@@ -207,7 +221,10 @@ def change_routing(
     except OSError as exc:
         raise ActionError(503, f"model '{name}''s repository {model.repository} cannot be changed now: {exc}") from None
     change = routing.history[-1]
-    record_routing(session, model, routing, via=via, now=utcnow())
+    try:
+        record_routing(session, model, routing, via=via, now=utcnow())
+    except ValueError as exc:  # the file changed, but the center cannot show it: say so
+        raise ActionError(409, f"the routing file changed, but the center cannot mirror it: {exc}") from None
     session.add(
         AuditEntry(
             actor=principal.username,
@@ -295,9 +312,9 @@ def mirror_repositories(
                 continue
             try:
                 changed = _mirror_one(session, model, checked, now or utcnow())
-            except (ModelRepoError, OSError) as exc:
+            except (ModelRepoError, OSError, ValueError) as exc:
                 session.rollback()
-                why = exc.message if isinstance(exc, ModelRepoError) else f"cannot read the repository: {exc}"
+                why = exc.message if isinstance(exc, ModelRepoError) else f"cannot mirror the repository: {exc}"
                 report.failed[name] = why
                 model = session.scalar(select(Model).where(Model.name == name))
                 if model is not None:

@@ -488,6 +488,24 @@ def test_for_repository_serves_every_model_or_those_named(tmp_path: Path, loader
         ModelManager.for_repository(str(tmp_path / "nowhere"))
 
 
+def test_a_model_published_later_is_served_without_a_restart_and_readiness_holds(
+    tmp_path: Path, loader: FakeLoader
+) -> None:
+    write_version(tmp_path / "ctr", 1)
+    every = routed_manager(tmp_path, loader)
+    only_ctr = routed_manager(tmp_path, loader, only=["ctr"])
+    (tmp_path / "cvr").mkdir()  # a first publish has begun: the model directory, no version yet
+    every.poll_once()
+    assert every.ready()  # a replica serving ctr stays in service while cvr has nothing to load
+    with pytest.raises(ModelNotFound):
+        every.resolve("cvr")
+    write_version(tmp_path / "cvr", 1)
+    every.poll_once()
+    only_ctr.poll_once()
+    assert every.loaded() == {"ctr": [1], "cvr": [1]}
+    assert only_ctr.loaded() == {"ctr": [1]}  # --model_name picked one model: it serves only that one
+
+
 def test_stop_unloads_everything_and_a_failing_hook_breaks_nothing(tmp_path: Path, loader: FakeLoader) -> None:
     write_version(tmp_path, 1, manifest=False)
 

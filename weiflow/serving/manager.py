@@ -181,6 +181,9 @@ class ModelManager:
                 except ModelRepoError as exc:
                     raise ConfigError(f"a repository model needs a repository model name: {exc}") from None
         self._models = {m.name: _Model(m) for m in models}
+        # ready() waits for these; models found later (discover) must not make a serving replica unready.
+        self._required = frozenset(self._models)
+        self._discover: Path | None = None  # a repository whose new models are served as they appear
         self._poll_s = poll_s
         self._loader = loader or _load_servable
         self._warm = warm
@@ -215,7 +218,10 @@ class ModelManager:
         chosen = list(dict.fromkeys(only)) if only else names
         if not chosen:
             raise ConfigError(f"--repository={uri} holds no models yet; publish one first")
-        return cls([ServedModel(name, str(root / name), AllVersions(), routed=True) for name in chosen], **kw)
+        manager = cls([ServedModel(name, str(root / name), AllVersions(), routed=True) for name in chosen], **kw)
+        if not only:
+            manager._discover = root  # every model means the ones published later too
+        return manager
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -254,13 +260,31 @@ class ModelManager:
     def poll_once(self) -> None:
         """Look at every model's directory and routing once, loading and unloading what changed."""
         with self._poll_lock:
-            for name in self._models:
+            self._discover_models()
+            for name in list(self._models):
                 if self._stopping.is_set():
                     return
                 try:
                     self._poll_model(name)
                 except Exception:  # a bug or an unexpected I/O error must not end polling
                     log.exception("model '%s': polling failed; retrying at the next poll", name)
+
+    def _discover_models(self) -> None:
+        """Serve the repository's models that appeared since the last poll (a first publish)."""
+        if self._discover is None:
+            return
+        try:
+            names = [e.name for e in self._discover.iterdir() if e.is_dir() and _is_model_name(e.name)]
+        except OSError as exc:
+            log.warning("cannot list the repository %s: %s", self._discover, exc)
+            return
+        new = sorted(set(names) - set(self._models))
+        if new:
+            with self._lock:
+                for name in new:
+                    served = ServedModel(name, str(self._discover / name), AllVersions(), routed=True)
+                    self._models[name] = _Model(served)
+            log.info("repository %s: new model(s) %s", self._discover, ", ".join(new))
 
     # -- requests ----------------------------------------------------------------------
 
@@ -316,10 +340,11 @@ class ModelManager:
             }
 
     def ready(self) -> bool:
-        """Whether every configured model has at least one AVAILABLE (loaded and warmed) version."""
+        """Whether every model served from the start has at least one AVAILABLE (loaded and warmed) version."""
         with self._lock:
             return all(
-                any(entry.state == AVAILABLE for entry in model.versions.values()) for model in self._models.values()
+                any(entry.state == AVAILABLE for entry in self._models[name].versions.values())
+                for name in self._required
             )
 
     def loaded(self) -> dict[str, list[int]]:

@@ -61,6 +61,9 @@ class OneModel:
     def ready(self) -> bool:
         return True
 
+    def known(self, model: str) -> bool:
+        return model == "m"
+
     @contextmanager
     def lease(self, model: str, **_pins: Any) -> Iterator[StandIn]:
         if model != "m":
@@ -115,8 +118,8 @@ def test_a_failing_model_is_a_500_and_the_service_answers_on() -> None:
     ("method", "path", "status"),
     [
         ("POST", "/v1/models/nope:predict", 404),
-        ("POST", "/v1/models/m:explode", 404),
-        ("GET", "/v1/models/m/versions/x", 404),
+        ("POST", "/v1/models/m:explode", 400),  # TensorFlow Serving: "Malformed request"
+        ("GET", "/v1/models/m/versions/x", 400),
         ("POST", "/v1/models/m:regress", 400),
         ("POST", "/v1/models/m:score", 400),  # no feature map: use :predict
     ],
@@ -147,3 +150,39 @@ def test_bodies_over_the_limit_are_413_declared_or_streamed() -> None:
 
     declared, streamed = asyncio.run(calls())
     assert declared.status_code == 413 and streamed.status_code == 413
+
+
+def test_made_up_model_names_do_not_grow_the_metrics() -> None:
+    service = PredictionService(OneModel(StandIn()))  # type: ignore[arg-type]
+
+    async def calls() -> bytes:
+        async with client(service) as http:
+            for i in range(50):
+                await http.get(f"/v1/models/scan{i}")
+            return (await http.get("/monitoring/prometheus/metrics")).content
+
+    text = asyncio.run(calls()).decode()
+    assert "scan" not in text and 'model="_unknown"' in text
+
+
+def test_one_bad_request_in_a_batch_fails_alone() -> None:
+    servable = StandIn()
+    real_run = servable.run
+
+    def picky(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] < 0).any():
+            raise ValueError("x must not be negative")  # one client's bad input
+        return real_run(signature, inputs)
+
+    servable.run = picky  # type: ignore[method-assign]
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1)
+    service = PredictionService(OneModel(servable), batching=params)  # type: ignore[arg-type]
+
+    async def calls() -> list[httpx.Response]:
+        async with client(service) as http:
+            bodies = [{"instances": [1.0]}, {"instances": [-1.0]}, {"instances": [2.0]}]
+            return list(await asyncio.gather(*(http.post("/v1/models/m:predict", json=b) for b in bodies)))
+
+    good, bad, other = asyncio.run(calls())
+    assert good.json() == {"predictions": [2.0]} and other.json() == {"predictions": [4.0]}
+    assert bad.status_code == 500 and "negative" in bad.json()["error"]

@@ -304,7 +304,7 @@ def test_malformed_requests_are_refused(
 # ---------------------------------------------------------------------------------------------
 
 
-def test_a_failing_run_fails_only_its_batch(batchers: Callable[..., Batcher]) -> None:
+def test_a_failing_batch_fails_only_the_requests_that_fail_alone(batchers: Callable[..., Batcher]) -> None:
     def fussy_model(inputs: Mapping[str, np.ndarray]) -> Arrays:
         if (inputs["x"] < 0).any():
             raise ArithmeticError("negative input")
@@ -315,13 +315,13 @@ def test_a_failing_run_fails_only_its_batch(batchers: Callable[..., Batcher]) ->
     running = batcher.submit(rows(1))
     run.wait_started(1)
     good, bad = rows(1, 3), rows(1, -9)
-    doomed = [batcher.submit(good), batcher.submit(bad)]  # one full batch
+    batched = [batcher.submit(good), batcher.submit(bad)]  # one full batch, which fails as a whole
     spared = [(batcher.submit(inputs), inputs) for inputs in (rows(1, 6), rows(1, 9))]  # the next
     run.gate.set()
-    for future in doomed:
-        with pytest.raises(ArithmeticError, match="negative input"):
-            future.result(WAIT_S)
-    for future, inputs in [(running, rows(1)), *spared]:
+    # Each request of the failed batch runs again alone: only the bad one fails, with its own error.
+    with pytest.raises(ArithmeticError, match="negative input"):
+        batched[1].result(WAIT_S)
+    for future, inputs in [(running, rows(1)), (batched[0], good), *spared]:
         assert_model_result(future, inputs)
     assert_model_result(batcher.submit(good), good)  # the thread survived
 
@@ -340,7 +340,7 @@ def test_outputs_without_a_row_per_input_row_fail_the_batch(
     batcher = batchers(run, max_batch_size=4)
     batcher.submit(rows(1))
     run.wait_started(1)
-    futures = [batcher.submit(rows(1)), batcher.submit(rows(1))]
+    futures = [batcher.submit(rows(2)), batcher.submit(rows(2))]  # one batch of 4 rows; then each alone
     run.gate.set()
     for future in futures:
         with pytest.raises(ValueError, match=f"{found}.*batch of 2 rows.*one row per input row"):

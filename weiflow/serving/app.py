@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -110,7 +110,7 @@ class PredictionService:
             with contextlib.suppress(ModelNotFound), self.manager.lease(model, version=version) as servable:
                 self.metrics.load_seconds.labels(model, str(version)).set(getattr(servable, "load_seconds", 0.0))
         if state in ("UNLOADING", "END"):
-            for key in [k for k in self._batchers if k[:2] == (model, version)]:
+            for key in [k for k in list(self._batchers) if k[:2] == (model, version)]:  # the loop thread adds keys
                 _, batcher = self._batchers.pop(key)
                 _close_later(batcher)
 
@@ -141,7 +141,11 @@ class PredictionService:
                 raise _Refused(429, full, servable.version) from None
             except (BatchTooLarge, ValueError, TypeError) as exc:
                 raise _Refused(400, str(exc), servable.version) from None
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except BatcherClosed:  # unloaded while it queued (a drain that ran out of time)
+            leaving = f"{servable.model} version {servable.version} was unloaded; retry"
+            raise _Refused(503, leaving, servable.version) from None
 
     def _batcher(self, servable: Servable, signature: str) -> Batcher:
         key = (servable.model, servable.version, signature)
@@ -170,7 +174,7 @@ class PredictionService:
     async def models(self, request: Request) -> Response:
         match = _MODEL_PATH.fullmatch(request.url.path)
         if match is None:
-            return _error(404, f"Malformed request: {request.method} {request.url.path}")
+            return _error(400, f"Malformed request: {request.method} {request.url.path}")
         name, verb = match["name"], match["verb"]
         version = int(match["version"]) if match["version"] else None
         label = match["label"]
@@ -183,11 +187,12 @@ class PredictionService:
             return await self._answer(name, api, lambda: self._score(request, name, version, label))
         if request.method == "POST" and verb in ("classify", "regress"):
             return _error(400, f"{verb} is not supported by weiflow serve: use :predict, or :score for raw features")
-        return _error(404, f"Malformed request: {request.method} {request.url.path}")
+        return _error(400, f"Malformed request: {request.method} {request.url.path}")
 
     async def _answer(self, model: str, api: str, handler: Callable[[], Any]) -> Response:
         started = time.perf_counter()
         version = ""
+        response: Response
         try:
             body, served = await handler()
             version = str(served) if served is not None else ""
@@ -203,17 +208,23 @@ class PredictionService:
             response = _error(400, str(exc))
         except ServableError as exc:
             response = _error(_HTTP_STATUS.get(exc.code, 500), str(exc))
+        except ClientDisconnect:  # the client left mid-upload: nobody to answer, nothing to log
+            response = _error(499, "client closed the request")
         except Exception as exc:  # never die of a request: answer 500 and log the cause
             log.exception("%s %s failed", api, model)
             response = _error(500, f"{type(exc).__name__}: {exc}")
-        self.metrics.requests.labels(model, version, api, str(response.status_code)).inc()
-        self.metrics.latency.labels(model, api).observe(time.perf_counter() - started)
+        # Only models the service knows name a series: any client could otherwise add one per made-up name.
+        label = model if self.manager.known(model) else "_unknown"
+        try:
+            self.metrics.requests.labels(label, version, api, str(response.status_code)).inc()
+            self.metrics.latency.labels(label, api).observe(time.perf_counter() - started)
+        except Exception:  # metrics are for people; a request never fails because of them
+            log.exception("recording the metrics of %s %s failed", api, model)
         return response
 
     async def _get(self, name: str, version: int | None, label: str | None, metadata: bool) -> tuple[bytes, int | None]:
         if not metadata:
-            if label is not None:
-                version = self.manager.resolve(name, label=label)
+            # TensorFlow Serving answers a status by label with every version of the model, as we do.
             return orjson.dumps(self.manager.status(name, version)), None
         with self.manager.lease(name, version=version, label=label) as servable:
             return dumps(servable.metadata()), servable.version
@@ -235,9 +246,11 @@ class PredictionService:
     ) -> tuple[bytes, int | None]:
         body = await self._body(request)
         with self.manager.lease(name, version=version, label=label) as servable:
-            parsed = parse_predict(body, servable.signature)
-            outputs = await self.run(servable, parsed.signature_name, parsed.inputs)
-            return dumps(predict_response(parsed, outputs)), servable.version
+            parsed = await _off_loop_if_large(len(body), _parse, body, servable)
+            signature = servable.signature(parsed.signature_name).name  # '' and 'serving_default' batch together
+            outputs = await self.run(servable, signature, parsed.inputs)
+            answer = await _off_loop_if_large(len(body), lambda: dumps(predict_response(parsed, outputs)))
+            return answer, servable.version
 
     async def _score(self, request: Request, name: str, version: int | None, label: str | None) -> tuple[bytes, int]:
         body = await self._body(request)
@@ -252,15 +265,16 @@ class PredictionService:
                     servable.version,
                 )
             started = time.perf_counter()
-            columns = {source: [row.get(source) for row in rows] for source in online.sources}
+            wanted = (*online.sources, *online.feature_map.keep)  # raw sources, and passthrough columns
+            columns = {source: [row.get(source) for row in rows] for source in wanted}
             mapped = online.transform_columns(columns)  # a missing field is null, as a missing column value offline
             inputs = {}
             for input_name, info in signature.inputs.items():
                 if input_name not in mapped:
                     raise _Refused(
                         500,
-                        f"{name} version {servable.version}: the signature input '{input_name}' is not a feature of "
-                        "its feature map",
+                        f"{name} version {servable.version}: the signature input '{input_name}' is neither a feature "
+                        "nor a kept column of its feature map",
                         servable.version,
                     )
                 inputs[input_name] = np.asarray(mapped[input_name], dtype=info.dtype)
@@ -278,6 +292,25 @@ class PredictionService:
 
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+LARGE_BODY_BYTES = 256 * 1024  # parsing and answering a body this large would hold the event loop for ms
+
+
+async def _off_loop_if_large(size: int, work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)``, in a thread when the body is large: every other request waits while the loop works."""
+    if size > LARGE_BODY_BYTES:
+        return await run_in_threadpool(work, *args)
+    return work(*args)
+
+
+def _parse(body: bytes, servable: Servable) -> Any:
+    try:
+        return parse_predict(body, servable.signature)
+    except RequestError:
+        raise
+    except (RecursionError, ValueError) as exc:  # nesting deeper than the parser or NumPy takes
+        raise RequestError(f"the request cannot be read: {type(exc).__name__}: {exc}") from None
 
 
 def _close_later(batcher: Batcher) -> None:

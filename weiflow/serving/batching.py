@@ -308,8 +308,13 @@ class Batcher:
             outputs = self._run(self._merge(requests, size, padded_size))
             results = self._split(outputs, requests, padded_size)
         except BaseException as exc:  # any failure, even SystemExit, belongs to this batch's requests only
-            for _, _, future in requests:
-                future.set_exception(exc)
+            if len(requests) == 1:
+                requests[0][2].set_exception(_as_exception(exc))
+            else:
+                # One request's bad input (an id out of range) must not fail the others batched with it, nor
+                # hand them its error text: each runs again alone, and only the ones that fail alone fail.
+                for request in requests:
+                    self._run_alone(request)
         else:
             for (_, _, future), result in zip(requests, results, strict=True):
                 future.set_result(result)
@@ -319,6 +324,16 @@ class Batcher:
                 self._on_batch(stats)
             except Exception:
                 log.exception("%s: on_batch failed for %s", self._label(), stats)
+
+    def _run_alone(self, request: _Request) -> None:
+        rows = request[1]
+        padded = self._padded_size(rows)
+        try:
+            result = self._split(self._run(self._merge([request], rows, padded)), [request], padded)[0]
+        except BaseException as exc:
+            request[2].set_exception(_as_exception(exc))
+        else:
+            request[2].set_result(result)
 
     def _padded_size(self, size: int) -> int:
         """The smallest allowed batch size holding ``size`` rows (the last one is max_batch_size)."""
@@ -374,3 +389,13 @@ class Batcher:
 
     def _label(self) -> str:
         return f"batcher {self._name!r}" if self._name else "batcher"
+
+
+def _as_exception(exc: BaseException) -> Exception:
+    """What a request's future may carry: a SystemExit or KeyboardInterrupt from a model would otherwise escape
+    the request handler that awaits it."""
+    if isinstance(exc, Exception):
+        return exc
+    wrapped = RuntimeError(f"the model raised {type(exc).__name__}: {exc}")
+    wrapped.__cause__ = exc
+    return wrapped

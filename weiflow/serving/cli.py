@@ -83,6 +83,9 @@ def main(argv: Sequence[str], settings: Settings) -> int:
             )
     import uvicorn
 
+    # An inherited multiprocess directory (images built for gunicorn set one) would make one process's
+    # metrics fail or carry over between runs; only the --workers supervisor above sets it, for its own.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     from weiflow.serving.app import create_app
 
     app = create_app(build_service(options))

@@ -728,6 +728,10 @@ def parse_server_options(argv: Sequence[str]) -> ServerOptions:
         raise ConfigError(f"--workers={args.workers}: give 1 to 64 server processes")
     if args.max_request_bytes < 1024:
         raise ConfigError(f"--max_request_bytes={args.max_request_bytes}: allow at least 1024 bytes")
+    if args.allow_version_labels_for_unavailable_models:
+        notices.append(
+            "--allow_version_labels_for_unavailable_models ignored: a label pin answers only once its version is loaded"
+        )
     if args.port is not None:
         notices.append(f"--port={args.port} ignored: weiflow serve has no gRPC API; REST is on --rest_api_port")
     return ServerOptions(

@@ -347,6 +347,10 @@ class ModelManager:
                 for name in self._required
             )
 
+    def known(self, model: str) -> bool:
+        """Whether ``model`` is one this manager serves (its versions may still be loading)."""
+        return model in self._models
+
     def loaded(self) -> dict[str, list[int]]:
         """The AVAILABLE versions of each model, ascending."""
         with self._lock:

@@ -512,8 +512,19 @@ def _decimal_text(value: float) -> str:
     return text
 
 
+MAX_ERROR_VALUE_CHARS = 4096  # an error quotes at most this much of the request (TF Serving quotes it all)
+
+
 def _value_text(value: object, depth: int = 0) -> str:
-    """A JSON value as TF Serving's JsonValueToString prints it (rapidjson's PrettyWriter, 4-space indent)."""
+    """A JSON value as TF Serving's JsonValueToString prints it (rapidjson's PrettyWriter, 4-space indent),
+    cut after :data:`MAX_ERROR_VALUE_CHARS`: an 8 MB body must not come back as an 18 MB error."""
+    text = _full_value_text(value, depth)
+    if depth == 0 and len(text) > MAX_ERROR_VALUE_CHARS:
+        return text[:MAX_ERROR_VALUE_CHARS] + f"... ({len(text) - MAX_ERROR_VALUE_CHARS} more characters)"
+    return text
+
+
+def _full_value_text(value: object, depth: int = 0) -> str:
     if isinstance(value, float) and depth == 0:
         return _decimal_text(value)
     if isinstance(value, dict):

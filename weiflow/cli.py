@@ -311,6 +311,37 @@ def _cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     return int(deploy_cli.main(args.deploy_args, settings))
 
 
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    # Imported here, not at the top: only this command needs it (and the tables' library it loads).
+    from weiflow import status
+
+    url = args.center or settings.center_url
+    if not url:
+        raise ConfigError(
+            "status: no control center configured: set center_url in weiflow.toml or WEIFLOW_CENTER_URL "
+            "(e.g. http://127.0.0.1:8765), or pass --center URL"
+        )
+    client = status.CenterClient(url, args.token or settings.center_token, timeout_s=args.timeout)
+    sections = [args.section] if args.section else list(status.SECTIONS)
+    who = None if args.json else client.me()  # first: a refused token is said once, before any list
+    answers = status.collect(client, sections, runs=args.runs, datasets=args.datasets)
+    if args.json:
+        print(json.dumps(answers, indent=2))
+    else:
+        status.print_status(answers, center=client.url, who=who, limits={"runs": args.runs, "datasets": args.datasets})
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weiflow", description="XML pipelines compiled into two-level DAGs.")
     parser.add_argument("--version", action="version", version=f"weiflow {__version__}")
@@ -379,6 +410,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("deploy_args", nargs=argparse.REMAINDER, metavar="ACTION ...")
     p.set_defaults(handler=_cmd_deploy)
+
+    p = sub.add_parser(
+        "status",
+        help="runs, datasets and models the control center knows, as tables",
+        description="Reads the control center's API at center_url with center_token (weiflow.toml or "
+        "WEIFLOW_CENTER_URL / WEIFLOW_CENTER_TOKEN).",
+    )
+    p.add_argument("section", nargs="?", choices=("runs", "datasets", "models"), help="only this section")
+    p.add_argument("--runs", type=_positive_int, default=10, metavar="N", help="most recent runs shown (default 10)")
+    p.add_argument(
+        "--datasets", type=_positive_int, default=10, metavar="N", help="datasets shown, pending deletion first (10)"
+    )
+    p.add_argument("--json", action="store_true", help="print the API's answers as JSON, for scripts")
+    p.add_argument("--center", metavar="URL", help="the center's URL (default: the center_url setting)")
+    p.add_argument(
+        "--token",
+        help="an API token of the center (default: the center_token setting, which other users of the machine "
+        "cannot read in the process list as they can this flag)",
+    )
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds for every request together (5)")
+    p.set_defaults(handler=_cmd_status)
 
     p = sub.add_parser(
         "serve",

@@ -305,6 +305,12 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return int(serve_cli.main(args.serve_args, settings))
 
 
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    # Loaded by name, at call time: the generator's NumPy (and pyarrow, when it writes) cost nothing elsewhere.
+    demo_cli = importlib.import_module("weiflow.demo.cli")
+    return int(demo_cli.main(args.demo_args, settings))
+
+
 def _cmd_deploy(args: argparse.Namespace, settings: Settings) -> int:
     # Loaded by name, at call time, like the center: the core imports no engine.
     deploy_cli = importlib.import_module("weiflow.engines.deploy.cli")
@@ -401,6 +407,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("center_args", nargs=argparse.REMAINDER, metavar="SUBCOMMAND ...")
     p.set_defaults(handler=_cmd_center)
+
+    p = sub.add_parser(
+        "demo",
+        help="the demo: 'data' writes generated feed impressions with their Bayes-optimal AUC",
+        description="Actions: data (see 'weiflow demo data --help').",
+    )
+    p.add_argument("demo_args", nargs=argparse.REMAINDER, metavar="ACTION ...")
+    p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser(
         "deploy",

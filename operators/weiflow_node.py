@@ -19,6 +19,9 @@ the task is marked failed or cleared in the UI, or times out) sends SIGTERM to t
 parameter-server cluster) and exits 130. Whatever is still alive after ``kill_grace`` seconds
 gets SIGKILL, the whole group at once, so no process is left behind. The default grace, 3 s,
 stays under the 5 s after which Airflow's task supervisor kills the task process itself.
+
+Extra link: ``WeiFlow console`` opens the node in the console's page of its run (when the worker's
+settings name a ``center_url``; :mod:`weiflow.airflow.links`), from the moment the node starts.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from weiflow.airflow.links import WeiflowConsoleLink, push_console_link
 from weiflow.airflow.runs import given_params, run_date
 from weiflow.processes import stop_groups
 
@@ -58,6 +62,7 @@ class WeiflowNodeOperator(BaseOperator):
     # A template field is part of the serialized DAG: WeiFlow's run listener, in the scheduler,
     # reads the spec of a DAG run from it to report the whole run to the control center.
     template_fields: Sequence[str] = ("spec",)
+    operator_extra_links = (WeiflowConsoleLink(),)
 
     def __init__(
         self,
@@ -90,6 +95,7 @@ class WeiflowNodeOperator(BaseOperator):
 
     def execute(self, context: Context) -> None:
         argv = self.command_line(context)
+        push_console_link(self, context["ti"])  # Airflow pushes it only when the task ends
         self.log.info("Running %s", " ".join(argv))
         self._killed = False
         process = subprocess.Popen(

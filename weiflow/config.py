@@ -16,6 +16,8 @@ database_url      WEIFLOW_DATABASE_URL      ``sqlite:///<var_dir>/weiflow.db``
 max_spec_bytes    WEIFLOW_MAX_SPEC_BYTES    1048576
 center_url        WEIFLOW_CENTER_URL        none: runs report to the run log only
 center_token      WEIFLOW_CENTER_TOKEN      none (the center's API token for the runtime)
+airflow_url       WEIFLOW_AIRFLOW_URL       none: the console links to no Airflow run
+                                            (Airflow's UI, e.g. ``http://127.0.0.1:8080``)
 ================  ========================  ============================================
 """
 
@@ -35,7 +37,16 @@ from weiflow.spec.uris import uri_problem
 __all__ = ["CONFIG_FILE_NAME", "Settings", "load_settings"]
 
 CONFIG_FILE_NAME = "weiflow.toml"
-_KEYS = ("var_dir", "storage", "storage_roots", "database_url", "max_spec_bytes", "center_url", "center_token")
+_KEYS = (
+    "var_dir",
+    "storage",
+    "storage_roots",
+    "database_url",
+    "max_spec_bytes",
+    "center_url",
+    "center_token",
+    "airflow_url",
+)
 _ROOTS_EXAMPLE = 'storage_roots = ["file:///data/weiflow", "s3://bucket/weiflow"]'
 
 
@@ -50,6 +61,8 @@ class Settings:
     center_token: str | None = None
     # Where retention may delete: ``storage`` first, then the configured extra roots, as URIs.
     storage_roots: tuple[str, ...] = ()
+    # Airflow's UI, for the console's links back to a run (none: no links).
+    airflow_url: str | None = None
 
     def __post_init__(self) -> None:
         # Datasets live under ``storage`` by default: however Settings was built, it is a root.
@@ -132,6 +145,9 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
     center_url = text("center_url")
     if center_url and not center_url.startswith(("http://", "https://")):
         raise ConfigError(f"center_url must start with http:// or https://, got {center_url!r}")
+    airflow_url = text("airflow_url")
+    if airflow_url and not airflow_url.startswith(("http://", "https://")):
+        raise ConfigError(f"airflow_url must start with http:// or https://, got {airflow_url!r}")
     storage = storage.rstrip("/")
     roots_source = "WEIFLOW_STORAGE_ROOTS" if env.get("WEIFLOW_STORAGE_ROOTS") else str(path or "environment")
     storage_roots = _storage_roots(raw.get("storage_roots"), roots_source, base, storage)
@@ -144,6 +160,7 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         center_url=center_url.rstrip("/") if center_url else None,
         center_token=text("center_token"),
         storage_roots=storage_roots,
+        airflow_url=airflow_url.rstrip("/") if airflow_url else None,
     )
 
 

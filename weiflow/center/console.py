@@ -27,20 +27,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center import repository as repo
 from weiflow.center.dagsvg import STATE_COLOURS, render_dag_svg
-from weiflow.center.models import ApiToken, DatasetState, State, utcnow
+from weiflow.center.models import ApiToken, DatasetState, Pipeline, Run, State, utcnow
 from weiflow.center.repository import ActionError, Principal
 from weiflow.center.routing import change_routing
+from weiflow.config import load_settings
+from weiflow.errors import ConfigError
 from weiflow.modelrepo.contracts import MODEL_NAME_PATTERN
 
 __all__ = ["SESSION_COOKIE", "SESSION_TTL", "add_console", "csrf_token"]
@@ -162,6 +164,22 @@ def _revoke_session(sessions: sessionmaker[Session], token: str) -> None:
 def _base(request: Request) -> str:
     """The prefix the console is mounted under ('' standalone, '/weiflow-center' inside Airflow)."""
     return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _airflow_run_url(request: Request, pipeline: str, run_id: str) -> str | None:
+    """The run's page in Airflow's UI (the DAG id is the pipeline's name), or None with no ``airflow_url``.
+
+    ``app.state.airflow_url`` when set (mounted in Airflow: its base path), else the setting, read once.
+    """
+    state = request.app.state
+    if not hasattr(state, "airflow_url"):
+        try:
+            state.airflow_url = load_settings().airflow_url
+        except ConfigError:
+            state.airflow_url = None
+    if state.airflow_url is None:
+        return None
+    return f"{state.airflow_url}/dags/{quote(pipeline, safe='')}/runs/{quote(run_id, safe='')}"
 
 
 def _safe_next(value: str | None) -> str:
@@ -358,7 +376,26 @@ def add_console(app: FastAPI) -> None:
             detail = repo.run_detail(db, pk) if pk is not None else None
         if detail is None:
             return _page(request, "error.html", {"message": f"No run {_shown(run_pk)}."}, user=user, status=404)
-        return _page(request, "run.html", {"run": detail, "svg": render_dag_svg(detail["nodes"])}, user=user)
+        airflow = _airflow_run_url(request, detail["pipeline"], detail["run_id"])
+        context = {"run": detail, "svg": render_dag_svg(detail["nodes"]), "airflow_run": airflow}
+        return _page(request, "run.html", context, user=user)
+
+    @router.get("/runs/by-id/{pipeline}/{run_id:path}")
+    def run_by_id(request: Request, pipeline: str, run_id: str) -> Response:
+        # Airflow's extra link: a run by its pipeline (DAG id) and run id, which is all Airflow knows.
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            if refused := _bad_filter(request, user, pipeline, run_id):
+                return refused
+            pk = db.scalar(
+                select(Run.id)
+                .join(Pipeline, Pipeline.id == Run.pipeline_id)
+                .where(Pipeline.name == pipeline, Run.run_id == run_id)
+            )
+        if pk is None:
+            message = f"No run {_shown(run_id)} of pipeline {_shown(pipeline)} (yet: its events may be on their way)."
+            return _page(request, "error.html", {"message": message}, user=user, status=404)
+        return _redirect(request, f"/runs/{pk}")  # the browser keeps the link's #node-… across the redirect
 
     @router.get("/datasets")
     def datasets(
@@ -484,7 +521,7 @@ def add_console(app: FastAPI) -> None:
             problem = None
             if version and _id(version) is None:
                 problem = f"Version '{_shown(version)}' is not a version number."
-            elif action == "promote" and (not traffic.isdigit() or not 0 <= int(traffic) <= 100):
+            elif action == "promote" and (not _DIGITS.fullmatch(traffic) or not 0 <= int(traffic) <= 100):
                 problem = f"Traffic '{_shown(traffic)}' is not a whole percent from 0 to 100."
             if problem:
                 return model_page(request, db, user, name, message=None, error=problem, status=422)

@@ -7,6 +7,7 @@ owner, a pipeline claiming a repository outside the roots) change no byte of the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ class Setup:
 
 def publish(repository: FileRepository, tmp: Path, traffic: int, who: str = "alice") -> tuple[int, Routing]:
     source = write_saved_model(tmp / f"export{len(repository.versions(MODEL)) + 1}")
-    version = repository.add_version(MODEL, source, manifest_for(source, publisher=who))
+    version = repository.add_version(MODEL, source, manifest_for(source, publisher=who, pipeline="feed"))
     routing = update_routing(repository, MODEL, lambda r, v: r.publish(version, traffic, existing=v, who=who))
     return version, routing
 
@@ -288,3 +289,36 @@ def test_console_owner_promotes_and_others_are_refused_by_the_same_rules(setup: 
     assert setup.repository.read_routing(MODEL).traffic == {1: 50, 2: 50}
     assert console.get("/models").text.count("v2 50% · v1 50%") == 1
     assert console.get("/models/no_such_model").status_code == 404
+
+
+def test_another_teams_pipeline_naming_the_model_first_cannot_move_its_traffic(setup: Setup, tmp_path: Path) -> None:
+    # ranking's versions are in the repository (published by hand); bob's pipeline reports the name first.
+    v1, r1 = publish(setup.repository, tmp_path, 100)
+    squat = dataclasses.replace(deploy_event(setup.repository, v1, r1, run="b1"), pipeline="bobs")
+    bobs_run = Event(EventKind.RUN_STARTED, "b1", "bobs", ts=datetime.now(UTC).isoformat(), detail={"owner": "ads"})
+    assert setup.post("bob", [bobs_run, squat])["rejected"] == 0
+    before = setup.routing_file.read_bytes()
+    answer = setup.client.post(f"/api/v1/models/{MODEL}/promote", json={"traffic": 50}, headers=setup.headers["bob"])
+    assert answer.status_code == 409 and "published by pipeline 'feed'" in answer.json()["detail"]
+    assert setup.routing_file.read_bytes() == before
+
+
+def test_links_and_fifos_below_the_repository_are_refused(setup: Setup, tmp_path: Path) -> None:
+    import os
+
+    published_twice(setup, tmp_path)
+    model_dir = Path(setup.repository.uri) / MODEL
+    elsewhere = tmp_path / "elsewhere"
+    model_dir.rename(elsewhere)
+    model_dir.symlink_to(elsewhere)  # the model's files now lie outside the storage roots
+    before = (elsewhere / "weiflow-routing.json").read_bytes()
+    answer = setup.client.post(f"/api/v1/models/{MODEL}/rollback", headers=setup.headers["root"])
+    assert answer.status_code == 409 and "symbolic link" in answer.json()["detail"]
+    assert (elsewhere / "weiflow-routing.json").read_bytes() == before
+    model_dir.unlink()
+    elsewhere.rename(model_dir)
+    (model_dir / "weiflow-routing.json").unlink()
+    os.mkfifo(model_dir / "weiflow-routing.json")  # reading it would block a request, and the mirror, forever
+    answer = setup.client.post(f"/api/v1/models/{MODEL}/rollback", headers=setup.headers["root"])
+    assert answer.status_code == 409 and "not a regular file" in answer.json()["detail"]
+    assert list(mirror_repositories(setup.sessions, [str(setup.storage)]).failed) == [MODEL]

@@ -107,7 +107,7 @@ def _when(value: str | None) -> str:
 
 def _newest_first(split: dict[str, Any]) -> list[tuple[str, Any]]:
     """A split's (version, share) pairs, newest version first: by number, '10' after '9'."""
-    return sorted(split.items(), key=lambda item: int(item[0]) if str(item[0]).isdigit() else -1, reverse=True)
+    return sorted(split.items(), key=lambda item: int(item[0]) if _DIGITS.fullmatch(str(item[0])) else -1, reverse=True)
 
 
 _templates.env.filters["size"] = _size

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -59,7 +60,7 @@ from weiflow.center.models import (
     State,
 )
 from weiflow.center.repository import Principal
-from weiflow.center.routing import record_routing, repository_of, too_large
+from weiflow.center.routing import MAX_VERSION_METRICS, record_routing, repository_of, too_large
 from weiflow.modelrepo import ModelRepoError, Routing, check_model_name
 from weiflow.tracking import Event, EventKind
 
@@ -67,7 +68,15 @@ __all__ = ["IngestResult", "ingest_events", "parse_events"]
 
 log = logging.getLogger("weiflow.center")
 
-MAX_VERSION_METRICS = 100  # metric values kept per model version (an evaluate module measures a handful)
+
+def _finite(value: float) -> bool:
+    """Whether ``value`` is a finite float; an integer like 10**400 is not one (float() would overflow)."""
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 _ENDED = {State.SUCCEEDED, State.FAILED, State.SKIPPED}
 _END_STATE = {
     EventKind.RUN_SUCCEEDED: State.SUCCEEDED,
@@ -561,13 +570,15 @@ class _Applier:
             version.dataset_id = self.s.scalar(select(Dataset.id).where(Dataset.uri == str(uri)))
         repository = spec.get("repository") or (repository_of(str(uri), model.name, version.version) if uri else None)
         if isinstance(repository, str) and repository:
-            model.repository = repository[:1024]
+            if len(repository) > 1024:
+                raise Refused("detail.model: the repository URI is longer than 1024 characters")
+            model.repository = repository
         metrics = spec.get("metrics")
         if isinstance(metrics, dict):
             version.metrics = {
                 str(k)[:200]: float(v)
                 for k, v in list(metrics.items())[:MAX_VERSION_METRICS]
-                if isinstance(v, int | float) and not isinstance(v, bool)
+                if isinstance(v, int | float) and not isinstance(v, bool) and _finite(v)
             }
         if isinstance(spec.get("publisher"), str):
             version.publisher = spec["publisher"][:100]

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -674,7 +675,9 @@ def list_jobs(session: Session) -> list[dict[str, Any]]:
 
 
 def _version_number(row: dict[str, Any]) -> tuple[int, str]:
-    return (int(row["version"]), "") if row["version"].isdigit() else (2**63, row["version"])
+    # ASCII digits only: str.isdigit() takes '²', which int() refuses (one event's version broke every page).
+    text = row["version"]
+    return (int(text), "") if re.fullmatch(r"[0-9]{1,18}", text) else (2**63, text)
 
 
 def list_models(session: Session, *, name: str | None = None) -> list[dict[str, Any]]:

@@ -20,19 +20,23 @@ pipeline's events make, and an owner could otherwise point the center at any pat
 from __future__ import annotations
 
 import logging
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
+import fsspec
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center.db import dialect_insert
-from weiflow.center.models import AuditEntry, Model, ModelChange, ModelVersion, Pipeline, utcnow
+from weiflow.center.models import AuditEntry, Model, ModelChange, ModelVersion, Pipeline, Role, utcnow
 from weiflow.center.repository import MAX_ID, ActionError, Principal
 from weiflow.modelrepo import FileRepository, ModelRepoError, Repository, Routing, RoutingConflict, promote, rollback
-from weiflow.modelrepo.contracts import parse_version
+from weiflow.modelrepo.contracts import ROUTING_FILE, STATE_DIR, parse_version
 from weiflow.storage import StorageRoots
 
 __all__ = [
@@ -48,7 +52,9 @@ log = logging.getLogger(__name__)
 
 Via = Literal["pipeline", "console", "api", "repository"]
 RoutingAction = Literal["promote", "rollback"]
-HISTORY_SHOWN = 200  # changes a model's page lists, newest first
+MAX_ROUTING_BYTES = 1 << 20  # a routing file holds 100 changes: tens of KiB
+REQUEST_LOCK_WAIT_S = 2.0  # how long a request waits for a model's routing lock (then 409: try again)
+MAX_VERSION_METRICS = 100  # metric values kept per model version, as ingestion keeps
 
 
 def repository_of(version_uri: str, model: str, version: str) -> str | None:
@@ -63,32 +69,45 @@ def too_large(routing: Routing) -> str | None:
     """Why the center's columns cannot hold ``routing`` (generations and versions are 32-bit there), or None."""
     numbers = [routing.generation, *routing.traffic, *routing.labels.values(), *routing.previous_stable]
     for change in routing.history:
-        numbers += [change.version or 0, *change.before, *change.after]
-    if max(numbers, default=0) > MAX_ID:
-        return f"model '{routing.model}': a generation or version beyond {MAX_ID} (the center's columns are 32-bit)"
+        numbers += [change.version or 0, change.traffic or 0, *change.before, *change.after]
+    if any(not 0 <= n <= MAX_ID for n in numbers):
+        return f"model '{routing.model}': a generation, version or share outside 0..{MAX_ID} (32-bit columns)"
     return None
 
 
 def _time(value: str, default: datetime) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else default
+    except (ValueError, OverflowError):  # '9999-12-31T23:59:59-14:00' overflows when moved to UTC
         return default
-    return parsed.astimezone(UTC) if parsed.tzinfo is not None else default
 
 
-def _insert_change(session: Session, row: dict[str, Any]) -> None:
-    """Insert one trail row unless that generation is already there (a concurrent mirror recorded it)."""
-    session.execute(dialect_insert(session)(ModelChange).values(**row).on_conflict_do_nothing())
+def _insert_change(session: Session, row: dict[str, Any], *, replace: bool = False) -> None:
+    """Insert one trail row unless that generation is already there (a concurrent mirror recorded it);
+    with ``replace``, the row given wins (it comes from the file)."""
+    insert = dialect_insert(session)(ModelChange).values(**row)
+    if replace:
+        keep = {k: v for k, v in row.items() if k not in ("model_id", "generation", "via")}
+        session.execute(insert.on_conflict_do_update(index_elements=["model_id", "generation"], set_=keep))
+    else:
+        session.execute(insert.on_conflict_do_nothing())
 
 
-def record_routing(session: Session, model: Model, routing: Routing, *, via: Via, now: datetime) -> int:
+def record_routing(
+    session: Session, model: Model, routing: Routing, *, via: Via, now: datetime, authoritative: bool = False
+) -> int:
     """Add ``routing``'s changes to ``model``'s trail, and mirror its state unless the mirror is newer.
 
     Returns the trail rows added. The history entries map to generations counting back from
     ``routing.generation``; the newest change is credited to ``via``, earlier ones the mirror lacked
     were made elsewhere (by hand). Versions get their share (0 when not live); a version the routing
     names but the center has not seen gets a row.
+
+    ``authoritative``: the routing was read from the file by the center itself (the mirror, or right
+    after the center changed it). The file is the truth: its state replaces the mirror's whatever the
+    generations, and its history replaces trail rows an event claimed for the same generations, so a
+    forged event cannot pin the mirror or rewrite the trail.
     """
     if routing.model != model.name:
         raise ValueError(f"routing of '{routing.model}' given for model '{model.name}'")
@@ -107,7 +126,7 @@ def record_routing(session: Session, model: Model, routing: Routing, *, via: Via
         at = _time(change.at, now)
         if change.action == "remove" and change.version is not None:
             removed[change.version] = at
-        if generation < 1 or generation in known:
+        if generation < 1 or (generation in known and not authoritative):
             continue
         _insert_change(
             session,
@@ -123,9 +142,10 @@ def record_routing(session: Session, model: Model, routing: Routing, *, via: Via
                 "after": {str(v): share for v, share in change.after.items()},
                 "via": via if generation == routing.generation else "repository",
             },
+            replace=authoritative,
         )
         added += 1
-    if routing.generation < model.generation:
+    if routing.generation < model.generation and not authoritative:
         return added  # an event that arrived late: its change joins the trail, the newer state stays
     model.generation = routing.generation
     model.labels = {name: version for name, version in routing.labels.items()}
@@ -161,6 +181,36 @@ def _owner(session: Session, model: Model) -> str | None:
     return session.scalar(select(Pipeline.owner).where(Pipeline.id == model.pipeline_id))
 
 
+def _unsafe_files(repository: str, model: str) -> str | None:
+    """Why the center must not open a local repository's files for ``model``, or None.
+
+    Links below the repository could lead its writes (the routing file, the lock, temporary files)
+    and reads out of the storage roots, and a FIFO or a huge file in place of the routing file would
+    hold a request or the mirror forever: the model's directory, its state directory and its routing
+    file must be real directories and a regular file of at most ``MAX_ROUTING_BYTES``.
+    Object stores have neither links nor FIFOs.
+    """
+    protocol, path = fsspec.core.split_protocol(repository)
+    if (protocol or "file") != "file":
+        return None
+    base = Path(path) / model
+    for directory in (base, base / STATE_DIR):
+        if directory.is_symlink():
+            return f"{directory} is a symbolic link"
+        if directory.exists() and not directory.is_dir():
+            return f"{directory} is not a directory"
+    routing_file = base / ROUTING_FILE
+    try:
+        found = routing_file.lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(found.st_mode):
+        return f"{routing_file} is not a regular file"
+    if found.st_size > MAX_ROUTING_BYTES:
+        return f"{routing_file} holds {found.st_size} bytes (a routing file is at most {MAX_ROUTING_BYTES})"
+    return None
+
+
 def _open(model: Model, roots: StorageRoots | None) -> Repository:
     """The model's repository, when the center may write there; else a 409 saying why and what to do."""
     if model.repository is None:
@@ -173,15 +223,34 @@ def _open(model: Model, roots: StorageRoots | None) -> Repository:
         raise ActionError(
             409, "this center has no storage roots configured, so it changes no repository (the storage_roots setting)"
         )
-    problem = roots.outside(model.repository)
+    problem = roots.outside(model.repository) or _unsafe_files(model.repository, model.name)
     if problem:
         raise ActionError(
             409,
-            f"model '{model.name}''s repository {model.repository} is {problem}: the center changes routing only "
-            f"inside its storage roots ({', '.join(roots.roots)}); add the repository's root to storage_roots, or "
-            "use `weiflow deploy` where it is reachable",
+            f"model '{model.name}''s repository {model.repository} is refused ({problem}): the center changes "
+            f"routing only inside its storage roots ({', '.join(roots.roots)}), never through links; add the "
+            "repository's root to storage_roots, or use `weiflow deploy` where it is reachable",
         )
-    return FileRepository(model.repository)
+    # A short wait for the routing lock: a request must not hold its thread for the repository's 30 s.
+    return FileRepository(model.repository, lock_timeout_s=REQUEST_LOCK_WAIT_S)
+
+
+def _check_publisher(repository: Repository, model: Model, pipeline: str | None) -> None:
+    """Refuse when the repository's newest version of the model was not published by the model's pipeline.
+
+    The center learns a model's owner from the first pipeline that reports it; a pipeline of another
+    team naming someone else's model first must not get to move that model's traffic.
+    """
+    versions = repository.versions(model.name)
+    if not versions:
+        return
+    published_by = repository.manifest(model.name, versions[-1]).pipeline
+    if published_by != pipeline:
+        raise ActionError(
+            409,
+            f"model '{model.name}' in {model.repository} was published by pipeline '{published_by}', but the "
+            f"center has it as pipeline '{pipeline or 'none'}''s: an admin must sort out which pipeline owns it",
+        )
 
 
 def change_routing(
@@ -197,8 +266,10 @@ def change_routing(
 ) -> Routing:
     """Promote or roll back ``name`` for ``principal``: the routing file first, then the mirror and the audit.
 
-    Only an admin or an owner of the pipeline that publishes the model may. Errors are
-    :class:`ActionError` with the HTTP status that says why (404, 403, 409, 503).
+    Only an admin or an owner of the pipeline that publishes the model may, and (but for an admin)
+    only when the repository's versions were published by that pipeline. Errors are
+    :class:`ActionError` with the HTTP status that says why (404, 403, 409, 503). The audit entry is
+    written whenever the file changed, even if the mirror cannot follow.
     """
     model = _model(session, name)
     owner = _owner(session, model)
@@ -206,8 +277,12 @@ def change_routing(
         raise ActionError(
             403, f"only an admin or the owner ('{owner or 'nobody'}') may change model '{name}''s routing"
         )
+    pipeline = session.scalar(select(Pipeline.name).where(Pipeline.id == model.pipeline_id))
     repository = _open(model, roots)
+    session.commit()  # no transaction (nor pooled connection) is held while the repository's lock is awaited
     try:
+        if principal.role is not Role.ADMIN:
+            _check_publisher(repository, model, pipeline)
         if action == "promote":
             if traffic is None:
                 raise ActionError(422, "promote needs traffic (an integer percent from 0 to 100)")
@@ -221,28 +296,33 @@ def change_routing(
     except OSError as exc:
         raise ActionError(503, f"model '{name}''s repository {model.repository} cannot be changed now: {exc}") from None
     change = routing.history[-1]
-    try:
-        record_routing(session, model, routing, via=via, now=utcnow())
-    except ValueError as exc:  # the file changed, but the center cannot show it: say so
-        raise ActionError(409, f"the routing file changed, but the center cannot mirror it: {exc}") from None
-    session.add(
-        AuditEntry(
-            actor=principal.username,
-            action=f"model.{action}",
-            target_type="model",
-            target_id=name,
-            detail={
-                "version": change.version,
-                "traffic": change.traffic,
-                "before": {str(v): s for v, s in change.before.items()},
-                "after": {str(v): s for v, s in change.after.items()},
-                "generation": routing.generation,
-                "repository": model.repository,
-                "via": via,
-            },
-        )
+    audit = AuditEntry(
+        actor=principal.username,
+        action=f"model.{action}",
+        target_type="model",
+        target_id=name,
+        detail={
+            "version": change.version,
+            "traffic": change.traffic,
+            "before": {str(v): s for v, s in change.before.items()},
+            "after": {str(v): s for v, s in change.after.items()},
+            "generation": routing.generation,
+            "repository": model.repository,
+            "via": via,
+        },
     )
-    session.commit()
+    try:
+        # Locked, so a concurrent change cannot slip between reading the mirror's generation and writing it.
+        locked = session.scalar(select(Model).where(Model.id == model.id).with_for_update())
+        assert locked is not None
+        record_routing(session, locked, routing, via=via, now=utcnow(), authoritative=True)
+        session.add(audit)
+        session.commit()
+    except (ValueError, IntegrityError) as exc:  # the file changed, but the center cannot show it: say so
+        session.rollback()
+        session.add(audit)
+        session.commit()
+        raise ActionError(409, f"the routing file changed, but the center cannot mirror it yet: {exc}") from None
     return routing
 
 
@@ -260,13 +340,16 @@ def _mirror_one(session: Session, model: Model, roots: StorageRoots, now: dateti
     """Read ``model``'s routing file and versions into the mirror; whether anything changed."""
     if model.repository is None:
         return False
-    problem = roots.outside(model.repository)
+    problem = roots.outside(model.repository) or _unsafe_files(model.repository, model.name)
     if problem:
-        raise ModelRepoError(f"repository {model.repository} is {problem}; the center reads only its storage roots")
-    repository = FileRepository(model.repository)
+        raise ModelRepoError(
+            f"repository {model.repository} is refused ({problem}); the center reads only inside its storage "
+            "roots, never through links"
+        )
+    repository = FileRepository(model.repository, lock_timeout_s=REQUEST_LOCK_WAIT_S)
     routing = repository.read_routing(model.name)
     changed = routing.generation != model.generation
-    record_routing(session, model, routing, via="repository", now=now)
+    record_routing(session, model, routing, via="repository", now=now, authoritative=True)
     stored = set(repository.versions(model.name))
     rows = {row.version: row for row in session.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id))}
     for version in sorted(stored):
@@ -282,7 +365,7 @@ def _mirror_one(session: Session, model: Model, roots: StorageRoots, now: dateti
                 created_at=_time(manifest.published_at, now),
             )
             session.add(row)
-        row.metrics = dict(manifest.metrics)
+        row.metrics = {k[:200]: v for k, v in list(manifest.metrics.items())[:MAX_VERSION_METRICS]}
         row.publisher = manifest.publisher[:100]
         changed = True
     for name, row in rows.items():
@@ -312,7 +395,8 @@ def mirror_repositories(
                 continue
             try:
                 changed = _mirror_one(session, model, checked, now or utcnow())
-            except (ModelRepoError, OSError, ValueError) as exc:
+                session.commit()
+            except Exception as exc:  # one model's files (or a bug) must not stop the others' mirroring
                 session.rollback()
                 why = exc.message if isinstance(exc, ModelRepoError) else f"cannot mirror the repository: {exc}"
                 report.failed[name] = why
@@ -322,6 +406,5 @@ def mirror_repositories(
                     session.commit()
                 log.warning("mirroring model '%s' failed: %s", name, why)
                 continue
-            session.commit()
             (report.mirrored if changed else report.unchanged).append(name)
     return report

@@ -32,6 +32,10 @@ def isolated_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.delenv("WEIFLOW_CONFIG", raising=False)
     monkeypatch.delenv("WEIFLOW_STORAGE", raising=False)
     monkeypatch.delenv("WEIFLOW_STORAGE_ROOTS", raising=False)
+    # A developer's (or `./dev up`'s) center and Airflow must not receive the tests' events or links.
+    monkeypatch.delenv("WEIFLOW_CENTER_URL", raising=False)
+    monkeypatch.delenv("WEIFLOW_CENTER_TOKEN", raising=False)
+    monkeypatch.delenv("WEIFLOW_AIRFLOW_URL", raising=False)
     monkeypatch.chdir(tmp_path)
     yield var
 

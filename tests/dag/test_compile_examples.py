@@ -38,9 +38,11 @@ def test_feed_ctr_inner_dag_and_ports() -> None:
         "piecewise",
         "pickcat",
         "pickcat",
+        "pickcat",
         "normalize",
         "normalize",
         "descartes",
+        "combinehash",
         "combinehash",
     ]
 
@@ -97,7 +99,7 @@ def test_compiled_json_content() -> None:
     assert train["config"]["cluster"] == {"ps": "1", "workers": "2", "backend": "local"}
     assert train["modules"][0]["attrs"]["steps"] == "${train_steps}"  # resolved at run time
     features = document["nodes"][0]
-    assert features["config"]["conf"] == {"spark.sql.shuffle.partitions": "64"}
+    assert features["config"]["conf"] == {"spark.sql.shuffle.partitions": "64", "spark.ui.showConsoleProgress": "false"}
     samples = next(d for d in document["datasets"] if d["name"] == "samples")
     assert samples["producer"] == {"node": "features", "module": "w_train"}
     assert samples["consumers"] == [{"node": "train", "module": "fit"}]

@@ -13,9 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 from weiflow.config import Settings
 from weiflow.demo.data import DEFAULT_HOLDOUT_FRACTION, DEFAULT_ROWS, GENERATOR_REPORT, generate, write_impressions
+from weiflow.demo.run import DEFAULT_SPEC, DEFAULT_STEPS
 from weiflow.errors import ConfigError
 
 __all__ = ["default_impressions_uri", "main"]
@@ -86,6 +88,25 @@ def _parser() -> argparse.ArgumentParser:
         help=f"share of rows whose Bayes AUC is reported as the holdout's (default {DEFAULT_HOLDOUT_FRACTION})",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+    p = actions.add_parser(
+        "run",
+        help="the whole platform on one day of generated data: features, PS training, publish, serve, score",
+        description="Generate a day of impressions, run xml_specs/feed_ctr.xml on it (Spark features, training on "
+        "1 PS + 2 workers, evaluate, export, publish), serve the model with weiflow serve, score a few raw "
+        "requests and print a summary (also var/demo/summary.json). Run it from the repository root.",
+    )
+    p.add_argument(
+        "--rows",
+        type=_whole_number(1000, "give at least 1000 rows"),
+        default=DEFAULT_ROWS,
+        help=f"default {DEFAULT_ROWS:,}",
+    )
+    p.add_argument("--day", type=_day, help="YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--steps", type=_whole_number(1, "train at least 1 step"), default=DEFAULT_STEPS)
+    p.add_argument("--seed", type=_whole_number(0, "a seed is 0 or more"), default=0)
+    p.add_argument("--spec", type=Path, default=DEFAULT_SPEC, help=f"default {DEFAULT_SPEC}")
+    p.add_argument("--quiet", action="store_true", help="no progress, only the summary (for CI)")
     return parser
 
 
@@ -124,5 +145,12 @@ def main(argv: Sequence[str], settings: Settings) -> int:
     args = parser.parse_args(list(argv))
     if args.action is None:
         parser.print_help()
+        return 0
+    if args.action == "run":
+        from weiflow.demo.run import run_demo
+
+        run_demo(
+            settings, spec=args.spec, rows=args.rows, day=args.day, steps=args.steps, seed=args.seed, quiet=args.quiet
+        )
         return 0
     return _data(args, settings)

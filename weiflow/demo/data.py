@@ -51,6 +51,7 @@ __all__ = [
     "Categorical",
     "FeedModel",
     "Impressions",
+    "arrow_table",
     "generate",
     "report",
     "write_impressions",
@@ -425,7 +426,7 @@ def report(impressions: Impressions) -> dict[str, Any]:
     }
 
 
-def _arrow_table(impressions: Impressions) -> Any:
+def arrow_table(impressions: Impressions) -> Any:
     import pyarrow as pa
 
     def strings(column: Categorical) -> Any:
@@ -460,7 +461,7 @@ def write_impressions(impressions: Impressions, uri: str, *, run_id: str) -> dic
 
     from weiflow.storage import atomic_output
 
-    table = _arrow_table(impressions)
+    table = arrow_table(impressions)
     summary = {**report(impressions), "uri": uri}
     with atomic_output(uri, run_id=run_id) as out:
         # Row groups of 256k rows: Spark reads a large day with one task per row group.

@@ -305,6 +305,12 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return int(serve_cli.main(args.serve_args, settings))
 
 
+def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    # Loaded by name, at call time: it starts Airflow through weiflow.airflow, which the core must not import.
+    up = importlib.import_module("weiflow.up")
+    return int(up.main(args.up_args, settings))
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     # Loaded by name, at call time: the generator's NumPy (and pyarrow, when it writes) cost nothing elsewhere.
     demo_cli = importlib.import_module("weiflow.demo.cli")
@@ -456,6 +462,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="FLAG ...")  # main() passes them on as they are
     p.set_defaults(handler=_cmd_serve)
+
+    p = sub.add_parser(
+        "up",
+        help="the whole platform on 127.0.0.1: control center, Airflow, prediction service (Ctrl-C stops it)",
+        description="See 'weiflow up --help': --center-port, --airflow-port, --serve-port, --specs ...",
+        add_help=False,
+    )
+    p.add_argument("up_args", nargs=argparse.REMAINDER, metavar="FLAG ...")  # main() passes them on as they are
+    p.set_defaults(handler=_cmd_up)
     return parser
 
 
@@ -464,6 +479,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if words[:1] == ["serve"]:
         # Its flags start with '--' (TensorFlow Serving's), which argparse's REMAINDER will not take.
         args = argparse.Namespace(handler=_cmd_serve, serve_args=words[1:])
+    elif words[:1] == ["up"]:
+        args = argparse.Namespace(handler=_cmd_up, up_args=words[1:])  # likewise: its flags go to weiflow.up
     else:
         args = _parser().parse_args(words)
     try:

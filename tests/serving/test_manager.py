@@ -506,6 +506,18 @@ def test_a_model_published_later_is_served_without_a_restart_and_readiness_holds
     assert only_ctr.loaded() == {"ctr": [1]}  # --model_name picked one model: it serves only that one
 
 
+def test_an_empty_repository_is_served_from_its_first_publish(tmp_path: Path, loader: FakeLoader) -> None:
+    every = ModelManager.for_repository(str(tmp_path), loader=loader, poll_s=3600)
+    every.poll_once()
+    assert every.ready() and every.loaded() == {}  # nothing to wait for: a fresh platform's service is in service
+    write_version(tmp_path / "ctr", 1)
+    every.poll_once()
+    assert every.loaded() == {"ctr": [1]}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no models yet, and --file_system_poll_wait_seconds=0"):
+        ModelManager.for_repository(str(tmp_path / "empty"), poll_s=0)  # it would never look again
+
+
 def test_stop_unloads_everything_and_a_failing_hook_breaks_nothing(tmp_path: Path, loader: FakeLoader) -> None:
     write_version(tmp_path, 1, manifest=False)
 

@@ -78,6 +78,7 @@ START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UN
 # How long an unload waits for in-flight requests before closing anyway: longer than any request
 # should take, short enough that a stuck client cannot keep a version in memory forever.
 DEFAULT_DRAIN_S = 30.0
+_DEFAULT_POLL_S = 2.0
 # How long stop() waits for a poll in progress (a load may be slow); the thread is a daemon.
 _STOP_JOIN_S = 10.0
 
@@ -162,7 +163,7 @@ class ModelManager:
         self,
         models: Sequence[ServedModel],
         *,
-        poll_s: float = 2.0,
+        poll_s: float = _DEFAULT_POLL_S,
         loader: Loader | None = None,
         warm: bool = True,
         on_change: Callable[[str, int, str], None] | None = None,
@@ -217,7 +218,14 @@ class ModelManager:
             raise ConfigError(f"--repository={uri} has no model {', '.join(map(repr, unknown))} (models: {listed})")
         chosen = list(dict.fromkeys(only)) if only else names
         if not chosen:
-            raise ConfigError(f"--repository={uri} holds no models yet; publish one first")
+            # Serving every model means those published later too: a fresh platform (weiflow up) starts the
+            # service before its first publish, as tensorflow_model_server waits for a model's first version.
+            if kw.get("poll_s", _DEFAULT_POLL_S) <= 0:
+                raise ConfigError(
+                    f"--repository={uri} holds no models yet, and --file_system_poll_wait_seconds=0 looks only at "
+                    "startup; publish one first"
+                )
+            log.warning("%s holds no models yet: each model is served from the poll after its first publish", uri)
         manager = cls([ServedModel(name, str(root / name), AllVersions(), routed=True) for name in chosen], **kw)
         if not only:
             manager._discover = root  # every model means the ones published later too

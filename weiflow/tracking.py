@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = [
+    "PROGRESS_FIELDS",
     "CenterTracker",
     "DatasetInfo",
     "Event",
@@ -53,6 +54,16 @@ class EventKind(StrEnum):
     DATASET_WRITTEN = "dataset.written"
     METRICS = "module.metrics"  # figures a module measured (training loss and speed, evaluation metrics)
     CLUSTER_STARTED = "cluster.started"  # the processes (or pods) a node started, for operators and audits
+    # A point of a module's progress while it runs: for training, detail = PROGRESS_FIELDS (one per
+    # scheduled call of about a hundred steps, per worker).
+    PROGRESS = "module.progress"
+
+
+# module.progress from a training module: ``step`` (steps done, all workers together), ``steps`` (the
+# target), ``worker`` (the worker index that ran the call, 0 without a cluster), ``loss`` (mean
+# training loss over the call's steps), ``auc`` (on the call's training batches; absent when they
+# held one class only), ``examples_per_s`` (since training started), ``seconds`` (since then).
+PROGRESS_FIELDS = ("step", "steps", "worker", "loss", "auc", "examples_per_s", "seconds")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ A model repository, laid out as TensorFlow Serving reads it (``--model_base_path
         assets.extra/featuremap.json                 FEATURE_MAP_PATH
         assets.extra/weiflow-manifest.json           MANIFEST_PATH (a Manifest)
         assets.extra/weiflow-metrics.json            EXPORT_METRICS_PATH (the run's evaluate metrics)
+        assets.extra/training-curve.png              TRAINING_CURVE_PATH (loss and AUC by step, per worker)
+        assets.extra/training-progress.jsonl         TRAINING_PROGRESS_PATH (the curve's points)
     <repository>/<model>/weiflow-routing.json        ROUTING_FILE (see routing.py)
     <repository>/<model>/.weiflow/                   staging, claims, lock (never served)
 
@@ -45,6 +47,8 @@ __all__ = [
     "SAMPLE_SCHEMA_FILE",
     "SAVED_MODEL_FILES",
     "STATE_DIR",
+    "TRAINING_CURVE_PATH",
+    "TRAINING_PROGRESS_PATH",
     "Manifest",
     "ModelRepoError",
     "RoutingConflict",
@@ -67,6 +71,9 @@ MANIFEST_SCHEMA = "weiflow.manifest/1"
 # Written by an export module beside the SavedModel: {"pipeline", "run_id", "metrics"} of the
 # evaluate module before it in the same node, so a later deploy node (another process) can gate on them.
 EXPORT_METRICS_PATH = f"{ASSETS_EXTRA_DIR}/weiflow-metrics.json"
+# Written by an export module from its train module's progress: the picture, and the points it was drawn from.
+TRAINING_CURVE_PATH = f"{ASSETS_EXTRA_DIR}/training-curve.png"
+TRAINING_PROGRESS_PATH = f"{ASSETS_EXTRA_DIR}/training-progress.jsonl"
 ROUTING_FILE = "weiflow-routing.json"
 STATE_DIR = ".weiflow"  # hidden: TF Serving, listing numeric names only, never looks inside
 

@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import alive
 from tests.engines.tensorflow.samples import write_samples
 from weiflow.config import load_settings
+from weiflow.curves import read_progress
 from weiflow.dag import compile_file
 from weiflow.runtime import RunContext, run_pipeline
 from weiflow.storage import is_complete
@@ -102,6 +103,17 @@ def test_ps_training_reaches_the_signal_evaluates_and_exports_a_servable_model(
 
     trained = metrics(tracker.events, "fit")
     assert trained["steps"] == 402 and trained["ps"] == 1 and trained["workers"] == 2
+
+    # Progress while it trained: a point per scheduled call, from both workers, the steps adding up to the target.
+    points = [e.detail for e in tracker.events if e.kind is EventKind.PROGRESS and e.module == "fit"]
+    steps = [p["step"] for p in points]
+    assert steps == sorted(steps) and steps[-1] == 402 and len(points) >= 5
+    assert {p["worker"] for p in points} == {0, 1}
+    assert all(p["steps"] == 402 and 0 < p["loss"] < 2 and p["examples_per_s"] > 0 for p in points)
+    assert all(0 < p["auc"] <= 1 for p in points) and points[-1]["auc"] > 0.7
+    # The events came while training ran, not after: the first is logged before the train module's metrics.
+    kinds = [(e.kind, e.module) for e in tracker.events]
+    assert kinds.index((EventKind.PROGRESS, "fit")) < kinds.index((EventKind.METRICS, "fit"))
     evaluated = metrics(tracker.events, "eval")
     assert evaluated["auc"] >= 0.75, evaluated
     assert 0 < evaluated["logloss"] < 0.69 and evaluated["examples"] == 8000
@@ -116,6 +128,14 @@ def test_ps_training_reaches_the_signal_evaluates_and_exports_a_servable_model(
     carried = json.loads((version / "assets.extra" / "weiflow-metrics.json").read_text())
     assert carried["run_id"] == "r1" and carried["pipeline"] == "ctr"
     assert carried["metrics"] == {k: evaluated[k] for k in ("auc", "logloss", "accuracy")}
+    # The training curve beside the model: a PNG drawn from the same points the events carried.
+    curve = version / "assets.extra" / "training-curve.png"
+    assert curve.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    from PIL import Image
+
+    with Image.open(curve) as image:
+        assert image.size == (700, 500)
+    assert read_progress(version / "assets.extra" / "training-progress.jsonl") == points
     # ...and the exported model passes the publish load check.
     from weiflow.engines.deploy.actions import LoadChecker
 

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
 
+from weiflow.curves import draw_curve, read_progress
 from weiflow.dag.compiler import ModulePlan
 from weiflow.engines.tensorflow import CANNED_MODELS, DC_LAMBDA_DEFAULTS, METRICS, dc_attrs_mistake
 from weiflow.engines.tensorflow.cluster import (
@@ -45,6 +47,8 @@ from weiflow.modelrepo.contracts import (
     FEATURE_MAP_PATH,
     SAMPLE_SCHEMA_FILE,
     SAMPLES_FEATURE_MAP_FILE,
+    TRAINING_CURVE_PATH,
+    TRAINING_PROGRESS_PATH,
 )
 from weiflow.processes import stop_groups
 from weiflow.registry import default_registry
@@ -60,6 +64,8 @@ _CHIEF = (sys.executable, "-m", "weiflow.engines.tensorflow.trainer")
 # and its optimizer slots; beyond that a model belongs on sharded variables (not done yet).
 _MAX_EMBEDDING_ROWS = 1 << 27
 _CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+# How often the launcher looks for new progress points while the chief trains.
+_PROGRESS_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ class TrainedModel:
     job: TrainJob
     job_file: Path
     feature_map: FeatureMap | None
+    progress_file: Path | None = None  # the chief's progress points (every attempt's)
+    curve: Path | None = None  # the training curve drawn from them (PNG)
 
 
 def read_samples(name: str, uri: str) -> Samples:
@@ -305,6 +313,7 @@ def _train(call: _Call) -> TrainedModel:
         checkpoint_every=attrs["checkpoint-every"],
         seed=attrs["seed"],
         cache_dir=str(work.parent / "cache"),
+        progress_file=str(work / "progress.jsonl"),
     )
     job_file = work / "job.json"
     job_file.write_text(job.to_json())
@@ -324,11 +333,73 @@ def _train(call: _Call) -> TrainedModel:
     expected = len(cluster_job.servers) + 1 if cluster_job.ps else 1
     reporter = threading.Thread(target=_report_processes, args=(ctx, module, backend, ex, expected), daemon=True)
     reporter.start()
-    ex._run_cluster(backend, cluster_job)
+    progress = _ProgressFollower(ctx, module, Path(str(job.progress_file)))
+    try:
+        ex._run_cluster(backend, cluster_job)
+    finally:
+        progress.stop()
     result = json.loads(result_file.read_text())
     result["wall_s"] = round(time.monotonic() - started, 3)
     ctx.run.event(EventKind.METRICS, node=ctx.node.id, module=module.id, attempt=ctx.attempt, detail=result)
-    return TrainedModel(job, job_file, samples.feature_map)
+    curve = _draw_curve(progress.path, work / "training-curve.png", f"{ctx.run.dag.name}: {ctx.node.id}/{module.id}")
+    return TrainedModel(job, job_file, samples.feature_map, progress.path, curve)
+
+
+class _ProgressFollower:
+    """Follows the chief's progress file while it trains and reports each new point as module.progress.
+
+    Starts at the file's end: the points of an earlier attempt of this run (a retry resumes training)
+    were reported by that attempt. A line is reported once it is complete.
+    """
+
+    def __init__(self, ctx: NodeContext, module: ModulePlan, path: Path) -> None:
+        self.ctx, self.module, self.path = ctx, module, path
+        self._offset = path.stat().st_size if path.is_file() else 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="weiflow-progress", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        while not self._stopped.wait(_PROGRESS_POLL_S):
+            self._read()
+        self._read()  # the last points, written just before the chief exited
+
+    def _read(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                point = json.loads(line)
+            except ValueError:
+                continue  # not ours to judge: the curve skips it too
+            self.ctx.run.event(
+                EventKind.PROGRESS,
+                node=self.ctx.node.id,
+                module=self.module.id,
+                attempt=self.ctx.attempt,
+                detail=point,
+            )
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def _draw_curve(progress: Path, target: Path, title: str) -> Path | None:
+    """The training curve of ``progress`` as a PNG at ``target`` (written atomically); None without points."""
+    points = read_progress(progress)
+    if not points:
+        return None
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(draw_curve(points, title=title))
+    tmp.replace(target)
+    return target
 
 
 def _report_processes(
@@ -403,6 +474,10 @@ def _export(call: _Call) -> TrainedModel:
         metrics_file = version_dir / EXPORT_METRICS_PATH
         metrics_file.parent.mkdir(exist_ok=True)
         metrics_file.write_text(json.dumps(carried, indent=1, sort_keys=True) + "\n")
+        # The training curve beside the model, and the points it was drawn from.
+        if trained.curve is not None and trained.progress_file is not None:
+            shutil.copyfile(trained.curve, version_dir / TRAINING_CURVE_PATH)
+            shutil.copyfile(trained.progress_file, version_dir / TRAINING_PROGRESS_PATH)
     ctx.record_dataset(module, dataset.name, detail={"model": model_name, "version": version})
     return trained
 

@@ -55,6 +55,9 @@ class TrainJob:
     checkpoint_every: int = 500
     seed: int = 0
     cache_dir: str | None = None  # where Parquet input is converted to TFRecord shards
+    # Where the chief appends a JSON line per scheduled call while it trains (trainer.Progress), for the
+    # launcher to report as module.progress events and draw as the training curve.
+    progress_file: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

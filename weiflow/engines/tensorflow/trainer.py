@@ -28,12 +28,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
+from weiflow.curves import binned_auc
 from weiflow.engines.tensorflow import DC_LAMBDA_DEFAULTS
 from weiflow.engines.tensorflow.dcasgd import DelayCompensatedSGD, require_reads
 from weiflow.engines.tensorflow.job import InputData, TrainJob
 from weiflow.engines.tensorflow.models import FeatureInput, build_model
 
-__all__ = ["load_trained", "main", "make_dataset"]
+__all__ = ["Progress", "load_trained", "main", "make_dataset"]
 
 _DTYPES = {"int64": tf.int64, "float": tf.float32}
 _SHUFFLE_BUFFER = 10_000
@@ -44,6 +45,9 @@ _STEPS_PER_CALL = 100
 # into each quarters those round trips at a small tracing cost (bench_training: 1 PS + 1
 # worker went from 0.55x to about 0.77x single-process; 2 and 8 measured lower or no better).
 _UNROLL = 4
+# Predicted probabilities are counted into this many equal bins per call, by class, for the
+# training AUC of the call's batches: exact but for ties inside a bin (1/1000 wide).
+_AUC_BINS = 1000
 
 
 def _write_json(path: str | Path, data: Mapping[str, Any]) -> None:
@@ -227,7 +231,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     if compensated:
         require_reads(model, job.model)
 
-    def step_fn(features: dict[str, tf.Tensor], labels: tf.Tensor) -> tf.Tensor:
+    def step_fn(features: dict[str, tf.Tensor], labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             if compensated:
                 logits, reads = model.call_with_reads(features)
@@ -240,17 +244,29 @@ def train(job: TrainJob) -> dict[str, Any]:
             optimizer.apply_compensated(grads_and_vars, reads)
         else:
             optimizer.apply_gradients(grads_and_vars)
-        return loss
+        bins = tf.clip_by_value(tf.cast(tf.sigmoid(logits) * _AUC_BINS, tf.int32), 0, _AUC_BINS - 1)
+        positive = tf.math.bincount(bins, weights=labels, minlength=_AUC_BINS, maxlength=_AUC_BINS)
+        negative = tf.math.bincount(bins, weights=1.0 - labels, minlength=_AUC_BINS, maxlength=_AUC_BINS)
+        return loss, positive, negative
 
-    def steps(next_step: Callable[[], tf.Tensor], loops: tf.Tensor, unroll: int) -> tf.Tensor:
+    def steps(
+        next_step: Callable[[], tuple[tf.Tensor, tf.Tensor, tf.Tensor]],
+        loops: tf.Tensor,
+        unroll: int,
+        worker: tf.Tensor,
+    ) -> dict[str, tf.Tensor]:
         # Inside a tf.function: `loops` iterations of `unroll` steps each, then one counter update
-        # (the counter lives on a PS too).
-        loss = tf.constant(0.0)
+        # (the counter lives on a PS too). Returns the call's mean loss and its predictions binned by
+        # class, which the chief turns into a progress point.
+        total = tf.constant(0.0)
+        positive = negative = tf.zeros([_AUC_BINS])
         for _ in tf.range(loops):
             for _ in range(unroll):
-                loss = next_step()
+                loss, pos, neg = next_step()
+                total, positive, negative = total + loss, positive + pos, negative + neg
         step.assign_add(tf.cast(loops, tf.int64) * unroll)
-        return loss
+        count = tf.cast(loops * unroll, tf.float32)
+        return {"loss": total / count, "positive": positive, "negative": negative, "worker": worker}
 
     if coordinator is not None:
         workers = len(cluster.get("worker", []))
@@ -263,50 +279,92 @@ def train(job: TrainJob) -> dict[str, Any]:
         iterator = iter(per_worker)
 
         @tf.function
-        def remote_steps(it: Any, loops: tf.Tensor, unroll: int) -> tf.Tensor:
-            return steps(lambda: strategy.run(step_fn, args=next(it)), loops, unroll)
+        def remote_steps(it: Any, loops: tf.Tensor, unroll: int) -> dict[str, tf.Tensor]:
+            worker = tf.distribute.coordinator.experimental_get_current_worker_index()
+            return steps(lambda: strategy.run(step_fn, args=next(it)), loops, unroll, worker)
 
-        def run_steps(count: int) -> float:
+        def run_steps(count: int, progress: Progress) -> None:
+            calls = _calls(count)
             results = [
                 coordinator.schedule(remote_steps, args=(iterator, tf.constant(loops), unroll))
-                for loops, unroll in _calls(count)
+                for loops, unroll in calls
             ]
+            # In scheduling order, each as soon as it is done: the workers keep the queue busy meanwhile.
+            for (loops, unroll), result in zip(calls, results, strict=True):
+                progress.add(loops * unroll, result.fetch())
             coordinator.join()
-            return float(results[-1].fetch())
     else:
         local = iter(make_dataset(data, job))
 
         @tf.function
-        def local_steps(loops: tf.Tensor, unroll: int) -> tf.Tensor:
-            return steps(lambda: step_fn(*next(local)), loops, unroll)
+        def local_steps(loops: tf.Tensor, unroll: int) -> dict[str, tf.Tensor]:
+            return steps(lambda: step_fn(*next(local)), loops, unroll, tf.constant(0))
 
-        def run_steps(count: int) -> float:
-            loss = float("nan")
+        def run_steps(count: int, progress: Progress) -> None:
             for loops, unroll in _calls(count):
-                loss = float(local_steps(tf.constant(loops), unroll))
-            return loss
+                progress.add(loops * unroll, local_steps(tf.constant(loops), unroll))
 
-    done, loss, started = start, float("nan"), time.monotonic()
+    done, started = start, time.monotonic()
+    progress = Progress(job, start, started)
     warm: tuple[int, float] | None = None  # after the first interval: tracing and warm-up are behind us
     while done < job.steps:
         count = min(job.checkpoint_every - done % job.checkpoint_every, job.steps - done)
-        loss = run_steps(count)
+        run_steps(count, progress)
         done += count
         if warm is None:
             warm = (done, time.monotonic())
         manager.save(checkpoint_number=done)
-        print(f"step {done}/{job.steps} loss {loss:.5f}", flush=True)
+        print(f"step {done}/{job.steps} loss {progress.loss:.5f}", flush=True)
+    progress.close()
     ended = time.monotonic()
     return {
         "steps": done,
         "resumed_from": start if restored else None,
-        "loss": loss,
+        "loss": progress.loss,
         "examples_per_s": _rate(done - start, job.batch_size, ended - started),
         "steady_examples_per_s": _rate(done - warm[0], job.batch_size, ended - warm[1]) if warm else None,
         "seconds": round(ended - started, 3),
         "workers": len(cluster.get("worker", [])) if distributed else 0,
         "ps": len(cluster.get("ps", [])),
     }
+
+
+class Progress:
+    """Training progress, one point per finished call: appended to ``job.progress_file`` as a JSON line.
+
+    A point holds the steps done so far (all workers), the worker that ran the call, its mean loss,
+    the AUC of its batches (from the binned predictions) and the examples per second since the
+    start: PROGRESS_FIELDS of weiflow.tracking, which the launcher reports as module.progress.
+    """
+
+    def __init__(self, job: TrainJob, start: int, started: float) -> None:
+        self.job, self.done, self.trained, self.started = job, start, 0, started
+        self.loss = float("nan")
+        self._out = Path(job.progress_file).open("a", encoding="utf-8") if job.progress_file else None  # noqa: SIM115
+
+    def add(self, steps: int, call: Mapping[str, Any]) -> None:
+        self.done += steps
+        self.trained += steps
+        self.loss = float(call["loss"])
+        seconds = time.monotonic() - self.started
+        point: dict[str, Any] = {
+            "step": self.done,
+            "steps": self.job.steps,
+            "worker": int(call["worker"]),
+            "loss": round(self.loss, 6),
+            "examples_per_s": round(self.trained * self.job.batch_size / seconds, 1) if seconds > 0 else None,
+            "seconds": round(seconds, 3),
+        }
+        auc = binned_auc(call["positive"], call["negative"])
+        if auc is not None:
+            point["auc"] = round(auc, 6)
+        if self._out is not None:
+            self._out.write(json.dumps(point) + "\n")
+            self._out.flush()  # the launcher follows the file while training runs
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
 
 
 def _calls(count: int) -> list[tuple[int, int]]:

@@ -1,0 +1,101 @@
+"""Training curves: loss and AUC by step, one line per worker, drawn with matplotlib as PNG or SVG.
+
+The points are module.progress details (``weiflow.tracking.PROGRESS_FIELDS``): a training engine
+appends them to a JSON-lines file while it trains and reports each as an event. The TensorFlow
+engine draws the PNG kept beside the model; the console draws the same picture from the events.
+matplotlib is imported only here, and only when a curve is drawn.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_POINTS_PER_SERIES", "binned_auc", "draw_curve", "read_progress"]
+
+# More points than a figure a few hundred pixels wide can show: longer series keep every k-th point.
+MAX_POINTS_PER_SERIES = 500
+
+
+def read_progress(path: str | Path) -> list[dict[str, Any]]:
+    """The points of a progress file; a line cut short (the writer was killed mid-line) is skipped."""
+    points = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        try:
+            point = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(point, dict) and isinstance(point.get("step"), int):
+            points.append(point)
+    return points
+
+
+def binned_auc(positive: Any, negative: Any) -> float | None:
+    """The ROC AUC of predictions counted into ascending bins by class; ties within a bin count one half.
+
+    None when either class is absent (the AUC is undefined there).
+    """
+    pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    pos_total, neg_total = float(pos.sum()), float(neg.sum())
+    if pos_total <= 0 or neg_total <= 0:
+        return None
+    negatives_below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (negatives_below + neg / 2)) / (pos_total * neg_total))
+
+
+def _series(points: Iterable[Mapping[str, Any]], field: str) -> dict[int, tuple[list[int], list[float]]]:
+    """``{worker: (steps, values)}`` of the finite values of ``field``, in step order, thinned to the cap."""
+    by_worker: dict[int, list[tuple[int, float]]] = {}
+    for point in points:
+        value = point.get(field)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            by_worker.setdefault(int(point.get("worker", 0)), []).append((int(point["step"]), float(value)))
+    series = {}
+    for worker, pairs in sorted(by_worker.items()):
+        pairs.sort()
+        every = max(1, math.ceil(len(pairs) / MAX_POINTS_PER_SERIES))
+        kept = pairs[::every]
+        if kept[-1] != pairs[-1]:
+            kept.append(pairs[-1])  # the last point is the one people look for
+        series[worker] = ([s for s, _ in kept], [v for _, v in kept])
+    return series
+
+
+def draw_curve(points: Sequence[Mapping[str, Any]], *, title: str, image_format: str = "png") -> bytes:
+    """Loss (top) and AUC (bottom) by step, a line per worker, as ``image_format`` ("png" or "svg") bytes.
+
+    Drawn on a :class:`matplotlib.figure.Figure`, never pyplot: no global state, safe in a server's
+    threads. Text in the picture comes from ``title`` and worker numbers only.
+    """
+    if image_format not in ("png", "svg"):
+        raise ValueError(f"image_format must be png or svg, not {image_format!r}")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.0, 5.0), dpi=100, layout="constrained")
+    loss_axes, auc_axes = figure.subplots(2, 1, sharex=True)
+    for axes, field, label in ((loss_axes, "loss", "training loss"), (auc_axes, "auc", "training AUC")):
+        for worker, (steps, values) in _series(points, field).items():
+            axes.plot(steps, values, linewidth=1.2, label=f"worker {worker}")
+        axes.set_ylabel(label)
+        axes.grid(True, alpha=0.3)
+        if axes.has_data():
+            axes.legend(loc="best", fontsize="small")
+        else:
+            axes.text(0.5, 0.5, "no points", ha="center", va="center", transform=axes.transAxes, color="grey")
+    auc_axes.set_xlabel("step")
+    figure.suptitle(title)
+    out = io.BytesIO()
+    # No creation date or software tag: the same points give the same bytes.
+    metadata: dict[str, Any] = {"Date": None} if image_format == "svg" else {"Software": None}
+    figure.savefig(out, format=image_format, metadata=metadata)
+    return out.getvalue()

@@ -14,6 +14,29 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "xml_specs"
 
+# System tools some tests need, and the command that adds each: `./dev test` installs them with apt-get
+# when it may, and otherwise prints these same commands.
+SYSTEM_TOOLS = {
+    "dot": "sudo apt-get install graphviz",
+    "chromium": "sudo apt-get install chromium",
+    "chromedriver": "sudo apt-get install chromium-driver",
+}
+
+
+def missing_tools(*tools: str) -> str | None:
+    """A skip reason naming each of ``tools`` not on PATH and the command that adds it; None if all are there."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing:
+        return None
+    adds = "; ".join(f"{tool} not found, add it with: {SYSTEM_TOOLS[tool]}" for tool in missing)
+    return f"needs {' and '.join(tools)}: {adds}"
+
+
+def needs_tools(*tools: str) -> pytest.MarkDecorator:
+    """Skip the test, with :func:`missing_tools`'s reason, when any of ``tools`` is not on PATH."""
+    reason = missing_tools(*tools)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs: a zombie (killed, not yet reaped by its parent or init) does not."""
@@ -73,7 +96,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     """Headless Chromium driven by Selenium through the system chromedriver (Selenium Manager's download fails here)."""
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
-        pytest.skip("needs chromium and chromedriver: apt-get install -y chromium chromium-driver")
+        pytest.skip(missing_tools("chromium", "chromedriver") or "")
     webdriver = pytest.importorskip("selenium.webdriver")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium

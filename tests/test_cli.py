@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, needs_tools
 from weiflow.tracking import read_events
 
 pytestmark = pytest.mark.integration
@@ -73,7 +72,7 @@ def test_graph_text_and_dot() -> None:
     assert "subgraph cluster_features" in dot and '"features/w_train" -> "train/fit"' in dot
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' not installed (.ci/run installs it)")
+@needs_tools("dot")
 def test_graph_svg(tmp_path: Path) -> None:
     out = tmp_path / "dag.svg"
     weiflow("graph", str(EXAMPLES / "feed_ctr.xml"), "-o", str(out), check=True)

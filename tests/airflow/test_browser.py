@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from urllib.parse import quote, unquote
 
 import pytest
 
 from tests.airflow.conftest import Live
+from tests.conftest import missing_tools
 from weiflow.tracking import read_events, run_log_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
 # The `browser` fixture skips without Chromium too, but only after live_airflow has started an
 # Airflow for nothing: skip the module before that.
-if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
-    pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)", allow_module_level=True)
+if reason := missing_tools("chromium", "chromedriver"):
+    pytest.skip(reason, allow_module_level=True)
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402

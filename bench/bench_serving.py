@@ -175,25 +175,22 @@ def prepare_model(work: Path, rows: int, steps: int) -> Path:
 
 @contextlib.contextmanager
 def server(argv: list[str], port: int, log: Path, ready_path: str, **env: str) -> Iterator[str]:
-    import httpx
+    """The server on 127.0.0.1:``port`` once ``ready_path`` answers anything but a 5xx (FastAPI has no ready URL)."""
+    from weiflow.processes import ServerNotReady, running_server
 
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
-    with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start: {' '.join(argv)}\n{log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + ready_path, timeout=2).status_code < 500:
-                    break
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+        with running_server(
+            argv,
+            ready_url=url + ready_path,
+            log=log,
+            timeout_s=180,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+            accept=lambda status: status < 500,
+        ):
+            yield url
+    except ServerNotReady as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def _memory_kib(pid: int, field: str) -> int:

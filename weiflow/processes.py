@@ -11,10 +11,14 @@ and whichever process wakes first accepts every connection waiting: 20 clients c
 together all landed on one of two workers (bench_center), so keep-alive clients never used the
 second CPU. Here each worker binds its own ``SO_REUSEPORT`` socket on the same address, and the
 kernel spreads new connections over them.
+
+:func:`running_server` starts a server (``weiflow serve``, the center, anything with a readiness
+URL) for the length of a ``with`` block: the demo, the tests and the benchmarks use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -23,12 +27,24 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["die_with_parent", "dying_with_parent", "free_port", "serve_workers", "signal_group", "stop_groups"]
+__all__ = [
+    "ServerNotReady",
+    "die_with_parent",
+    "dying_with_parent",
+    "free_port",
+    "running_server",
+    "serve_workers",
+    "signal_group",
+    "stop_groups",
+]
 
 WORKERS_STOP_GRACE_S = 10.0  # how long serve_workers gives its workers to finish the requests in flight
 
@@ -104,6 +120,60 @@ def stop_groups(procs: Sequence[subprocess.Popen[Any]], grace_s: float) -> bool:
         signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
     return in_time
+
+
+class ServerNotReady(RuntimeError):
+    """A server started by :func:`running_server` exited, or did not answer ready in time; says which, with its log."""
+
+
+def _answers(url: str, accept: Callable[[int], bool]) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return accept(answer.status)
+    except urllib.error.HTTPError as exc:
+        return accept(exc.code)
+    except (urllib.error.URLError, OSError):
+        return False  # not listening yet, or reset while it starts
+
+
+@contextlib.contextmanager
+def running_server(
+    argv: Sequence[str],
+    *,
+    ready_url: str,
+    log: Path,
+    timeout_s: float = 120.0,
+    env: Mapping[str, str] | None = None,
+    accept: Callable[[int], bool] = lambda status: status == 200,
+    stop_grace_s: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` running for the block, output in ``log``; entered once GET ``ready_url`` answers as ``accept`` wants.
+
+    Started dying with this process and in a group of its own, so nothing outlives a killed caller;
+    stopped as a group after the block (SIGTERM, SIGKILL after ``stop_grace_s``). Raises
+    :class:`ServerNotReady`, quoting the log's end, when it exits or is not ready within ``timeout_s``.
+    """
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            dying_with_parent(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _answers(ready_url, accept):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                ended = (
+                    f"exited {proc.returncode}" if proc.returncode is not None else f"not ready after {timeout_s:g} s"
+                )
+                tail = log.read_text(errors="replace")[-3000:]
+                raise ServerNotReady(f"{argv[0]} {' '.join(argv[1:3])} ... {ended}; the end of {log}:\n{tail}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        stop_groups([proc], stop_grace_s)
 
 
 def _serve_one(app: str, host: str, port: int, options: Mapping[str, Any], name: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from tests.modelrepo.conftest import FEATURE_MAP, manifest_for
 from weiflow.features.featuremap import FeatureMap
 from weiflow.features.online import OnlineFeatures
 from weiflow.modelrepo import FEATURE_MAP_PATH, FileRepository, update_routing
-from weiflow.processes import free_port
+from weiflow.processes import free_port, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -53,27 +52,10 @@ def publish(repository: FileRepository, built: Path, work: Path, traffic: int, *
 @contextlib.contextmanager
 def serving(log: Path, *flags: str) -> Iterator[str]:
     """``weiflow serve FLAGS`` on a free port; its base URL once it answers ready. Stopped (and checked) after."""
-    port = free_port()
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "weiflow", "serve", *flags, f"--rest_api_port={port}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"weiflow serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"not ready after 120 s:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "weiflow", "serve", *flags, f"--rest_api_port={url.rsplit(':', 1)[1]}"]
+    with running_server(argv, ready_url=f"{url}/v2/health/ready", log=log):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from weiflow.dag import compile_file
 from weiflow.errors import WeiflowError
 from weiflow.modelrepo import FileRepository
 from weiflow.modelrepo.contracts import TRAINING_CURVE_PATH
-from weiflow.processes import free_port
+from weiflow.processes import ServerNotReady, free_port, running_server
 from weiflow.runtime import RunContext, run_pipeline
 from weiflow.runtime.context import new_run_id
 from weiflow.runtime.trackers import run_tracker
@@ -172,34 +171,15 @@ def _retention_text(policy: str | None, written: datetime) -> str:
 @contextlib.contextmanager
 def _serving(repository: str, log: Path) -> Iterator[str]:
     """``weiflow serve`` over ``repository`` on a free port while the block runs; its URL once ready."""
-    import httpx
-
     port = free_port()
     argv = [sys.executable, "-m", "weiflow", "serve", f"--repository={repository}", f"--rest_api_port={port}"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        )
     url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     try:
-        deadline = time.monotonic() + SERVE_READY_S
-        while True:
-            if proc.poll() is not None:
-                raise DemoFailed(f"weiflow serve exited {proc.returncode}; its log: {log}")
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"weiflow serve was not ready after {SERVE_READY_S:g}s; its log: {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with running_server(argv, ready_url=f"{url}/v2/health/ready", log=log, timeout_s=SERVE_READY_S, env=env):
+            yield url
+    except ServerNotReady as exc:
+        raise DemoFailed(str(exc)) from exc
 
 
 def run_demo(

@@ -67,6 +67,7 @@ OPERATIONS = [
     "POST /api/v1/events",
     "GET /api/v1/runs",
     "GET /api/v1/runs/{run_pk}",
+    "GET /api/v1/runs/{run_pk}/progress",
     "GET /api/v1/datasets",
     "GET /api/v1/datasets/{dataset_id}",
     "POST /api/v1/datasets/{dataset_id}/confirm-deletion",
@@ -100,7 +101,8 @@ class Center:
 
 
 def _seed_events() -> list[Event]:
-    """Three runs, each writing a dataset and registering a model: ids the fuzzer's requests can hit."""
+    """Three runs, each writing a dataset, registering a model and drawing a training curve: ids the fuzzer's
+    requests can hit."""
     ts = datetime.now(UTC).isoformat()
     events = []
     for i in range(3):
@@ -119,6 +121,13 @@ def _seed_events() -> list[Event]:
                 dataset=DatasetInfo(f"out{i}", uri, "parquet", 10, 1, 1),
             ),
             Event(EventKind.METRICS, run_id, pipeline, node="make", ts=ts, detail={"model": model}),
+            *(
+                Event(EventKind.PROGRESS, run_id, pipeline, node="train", module="fit", attempt=1, ts=ts, detail=point)
+                for point in (
+                    {"step": 100 * (k + 1), "steps": 300, "worker": k % 2, "loss": 0.7 - 0.1 * k, "auc": 0.6 + 0.1 * k}
+                    for k in range(3)
+                )
+            ),
             Event(EventKind.NODE_SUCCEEDED, run_id, pipeline, node="make", ts=ts),
             Event(EventKind.RUN_SUCCEEDED, run_id, pipeline, ts=ts),
         ]

@@ -24,7 +24,7 @@ def test_migrations_match_the_models(engine: Engine) -> None:
 def test_migrate_twice_is_a_no_op(engine: Engine) -> None:
     migrate(engine)
     with engine.connect() as connection:
-        assert MigrationContext.configure(connection).get_current_revision() == "0003"
+        assert MigrationContext.configure(connection).get_current_revision() == "0004"
 
 
 def test_timestamps_come_back_aware_utc(sessions: sessionmaker[Session]) -> None:

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
+from weiflow.center import progress
 from weiflow.center import repository as repo
 from weiflow.center.apimodels import (
     AuditPage,
@@ -51,13 +52,14 @@ from weiflow.center.apimodels import (
     PromoteRequest,
     RunDetail,
     RunPage,
+    RunProgress,
 )
 from weiflow.center.console import add_console
 from weiflow.center.db import make_engine, make_sessionmaker
 from weiflow.center.eventschema import event_batch_schema
 from weiflow.center.ingest import IngestResult, ingest_events, parse_events
 from weiflow.center.limits import BodyLimits, Limits
-from weiflow.center.models import Role
+from weiflow.center.models import Role, Run
 from weiflow.center.repository import ActionError, Principal
 from weiflow.center.routing import change_routing
 from weiflow.config import load_settings
@@ -260,6 +262,15 @@ def create_app(
         if detail is None:
             raise HTTPException(404, f"no run {run_pk}")
         return detail
+
+    @app.get("/api/v1/runs/{run_pk}/progress", response_model=RunProgress, responses=_answers(404))
+    def run_progress(run_pk: RecordId, db: Reader, user: User) -> dict[str, Any]:
+        """Each module's training curve (loss and AUC by step, per worker): a separate answer, so a run's
+        detail stays small; at most 500 points per worker and module."""
+        # In the thread pool (a plain def): up to 5,000 stored points per module are read and thinned.
+        if db.get(Run, run_pk) is None:
+            raise HTTPException(404, f"no run {run_pk}")
+        return {"run": run_pk, "modules": progress.run_progress(db, run_pk)}
 
     @app.get("/api/v1/datasets", responses={200: {"model": DatasetPage}})
     async def datasets(

@@ -27,6 +27,7 @@ __all__ = [
     "RoutingChange",
     "RunDetail",
     "RunPage",
+    "RunProgress",
 ]
 
 
@@ -118,6 +119,32 @@ class RunDetail(BaseModel):
     nodes: list[NodeRow] = Field(description="the outer DAG, each node with its inner DAG of modules")
     datasets_written: list[WrittenRow]
     metrics: list[MetricRow]
+
+
+class ProgressPointRow(BaseModel):
+    step: int = Field(description="steps done so far, all workers together")
+    loss: float = Field(description="the mean training loss of the call's steps")
+    auc: float | None = Field(description="the AUC of the call's training batches; null when they held one class")
+    examples_per_s: float | None = Field(description="training examples per second since training started")
+    seconds: float | None = Field(description="seconds since training started")
+
+
+class WorkerSeries(BaseModel):
+    worker: int = Field(description="the worker's index (0-based)")
+    points: list[ProgressPointRow] = Field(description="by step; evenly thinned to at most 500")
+
+
+class ModuleCurve(BaseModel):
+    node: str
+    module: str
+    attempt: int = Field(description="the latest attempt that reported progress, the one shown")
+    steps: int = Field(description="the number of steps the module trains for")
+    workers: list[WorkerSeries]
+
+
+class RunProgress(BaseModel):
+    run: int = Field(description="the run's id")
+    modules: list[ModuleCurve] = Field(description="each module that reported progress, in order of first report")
 
 
 class DatasetRow(BaseModel):

@@ -37,8 +37,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from weiflow.center import repository as repo
+from weiflow.center.curvesvg import render_curve_svg
 from weiflow.center.dagsvg import STATE_COLOURS, render_dag_svg
 from weiflow.center.models import ApiToken, DatasetState, Pipeline, Run, State, utcnow
+from weiflow.center.progress import curve_summaries, run_progress
 from weiflow.center.repository import ActionError, Principal
 from weiflow.center.routing import change_routing
 from weiflow.config import load_settings
@@ -67,6 +69,11 @@ CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
     "frame-ancestors 'self'; base-uri 'none'"
 )
+
+# A curve is an image of its own: its stylesheet (matplotlib's) applies to it alone, and, opened directly, it may
+# run nothing and load nothing.
+CURVE_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'"
+NAME_MAX = 200  # node and module ids are at most this long (eventschema's Name)
 
 # A login's scrypt (about 0.1 s of CPU; it releases the GIL) and its database work run on these two threads: not
 # on the event loop, where four clients posting wrong passwords raised every request's latency fifty-fold, and
@@ -374,10 +381,11 @@ def add_console(app: FastAPI) -> None:
             user = _user(request, db)
             pk = _id(run_pk)
             detail = repo.run_detail(db, pk) if pk is not None else None
+            curves = curve_summaries(db, detail["id"]) if detail is not None else []
         if detail is None:
             return _page(request, "error.html", {"message": f"No run {_shown(run_pk)}."}, user=user, status=404)
         airflow = _airflow_run_url(request, detail["pipeline"], detail["run_id"])
-        context = {"run": detail, "svg": render_dag_svg(detail["nodes"]), "airflow_run": airflow}
+        context = {"run": detail, "svg": render_dag_svg(detail["nodes"]), "airflow_run": airflow, "curves": curves}
         return _page(request, "run.html", context, user=user)
 
     @router.get("/runs/by-id/{pipeline}/{run_id:path}")
@@ -396,6 +404,22 @@ def add_console(app: FastAPI) -> None:
             message = f"No run {_shown(run_id)} of pipeline {_shown(pipeline)} (yet: its events may be on their way)."
             return _page(request, "error.html", {"message": message}, user=user, status=404)
         return _redirect(request, f"/runs/{pk}")  # the browser keeps the link's #node-… across the redirect
+
+    @router.get("/runs/{run_pk}/curve.svg")
+    def curve(request: Request, run_pk: str, node: str = "", module: str = "") -> Response:
+        # Node and module in the query, not the path: an id with a '/' (events may carry one) still finds its curve.
+        # The run page's rule applies: anyone logged in may see any run.
+        with _sessions(request)() as db:
+            user = _user(request, db)
+            pk = _id(run_pk)
+            valid = all(0 < len(name) <= NAME_MAX and "\x00" not in name for name in (node, module))
+            curves = run_progress(db, pk, node=node, module=module) if pk is not None and valid else []
+        if not curves:
+            message = f"No training curve of {_shown(node)}/{_shown(module)} in run {_shown(run_pk)}."
+            return _page(request, "error.html", {"message": message}, user=user, status=404)
+        response = Response(render_curve_svg(curves[0]), media_type="image/svg+xml")
+        _harden(response).headers["Content-Security-Policy"] = CURVE_CSP
+        return response
 
     @router.get("/datasets")
     def datasets(

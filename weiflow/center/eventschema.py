@@ -132,6 +132,25 @@ class _DetailIn(BaseModel):
     _check_retention = field_validator("retention")(_policy)
 
 
+# A module.progress point (PROGRESS_FIELDS of weiflow.tracking). The bounds are far beyond any real run
+# and only keep what is stored drawable: a step past 10**12 or a loss of 1e300 is a broken client.
+MAX_PROGRESS_STEP = 10**12
+MAX_WORKERS = 1024
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _ProgressIn(BaseModel):
+    # Other keys pass (the trainer may add some later) but are not stored.
+    model_config = ConfigDict(extra="allow", strict=True)
+    step: Annotated[int, Field(ge=0, le=MAX_PROGRESS_STEP)]
+    steps: Annotated[int, Field(ge=1, le=MAX_PROGRESS_STEP)]
+    worker: Annotated[int, Field(ge=0, lt=MAX_WORKERS)]
+    loss: Annotated[Finite, Field(ge=-1e12, le=1e12)]
+    auc: Annotated[Finite, Field(ge=0, le=1)] | None = None
+    examples_per_s: Annotated[Finite, Field(ge=0, le=1e12)] | None = None
+    seconds: Annotated[Finite, Field(ge=0, le=1e9)] | None = None
+
+
 class _EventIn(_Strict):
     kind: EventKind
     run_id: RunId
@@ -203,6 +222,16 @@ def _truncated(error: str, limit: int, pipeline: str, run_id: str) -> str:
     )
 
 
+def _check_progress(parsed: _EventIn, detail: dict[str, Any]) -> None:
+    """A progress point says whose it is and holds numbers a chart can draw (see :class:`_ProgressIn`)."""
+    if not parsed.node or not parsed.module:
+        raise EventRejected("module.progress: names the node and the module it measures (node, module)")
+    try:
+        _ProgressIn.model_validate(detail)
+    except ValidationError as exc:
+        raise EventRejected(f"detail.{_reason(exc)}") from None
+
+
 def validate_event(item: Any, limits: EventLimits | None = None) -> Event:
     """The :class:`Event` an untrusted JSON value describes, or :class:`EventRejected` saying why not.
 
@@ -233,6 +262,8 @@ def validate_event(item: Any, limits: EventLimits | None = None) -> Event:
     detail = {key: value for key, value in (item.get("detail") or {}).items() if value is not None}
     if len(json.dumps(detail)) > limits.max_detail_bytes:
         raise EventRejected(f"detail: larger than {limits.max_detail_bytes} bytes of JSON")
+    if parsed.kind is EventKind.PROGRESS:
+        _check_progress(parsed, detail)
     dataset = None
     if parsed.dataset is not None:
         dataset = DatasetInfo(**parsed.dataset.model_dump(by_alias=True))

@@ -22,6 +22,10 @@ by a new spec version posted by a user who answers for the old owner and the new
 registration and change is audited. A ``dataset.written`` for a URI of another owner's pipeline,
 or a model version of another owner's model, is refused. Refusals are per event, with the reason.
 
+A ``module.progress`` event (a point of a training curve) is owned like any other event of its run but
+changes no run, node or module state: it only adds a :class:`ProgressPoint`, at most
+:data:`~weiflow.center.progress.MAX_POINTS_PER_MODULE` per module of a run (later ones are dropped).
+
 Retention clocks (when a dataset was written, when it was last read) are the center's receipt
 time, never the client's: a timestamp in the past would make fresh data look due for deletion.
 Run and node times come from the event (they order a run's history), but never from the future.
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -54,11 +58,13 @@ from weiflow.center.models import (
     NodeRun,
     Pipeline,
     PipelineVersion,
+    ProgressPoint,
     Role,
     Run,
     RunUse,
     State,
 )
+from weiflow.center.progress import MAX_POINTS_PER_MODULE
 from weiflow.center.repository import Principal
 from weiflow.center.routing import MAX_VERSION_METRICS, record_routing, repository_of, too_large
 from weiflow.modelrepo import ModelRepoError, Routing, check_model_name
@@ -254,6 +260,11 @@ class _Applier:
             self._dataset_written(run)
         elif kind is EventKind.METRICS:
             self._metrics(run)
+        elif kind is EventKind.PROGRESS:
+            # A point of a curve, nothing more: no run, node or module state changes, and no model is
+            # recorded from its detail (a progress event is not how a publish is reported).
+            self._progress(run)
+            return
         elif kind is EventKind.CLUSTER_STARTED:
             node = self._node(run)
             node.plan = {**node.plan, "processes": self.e.detail.get("processes", [])}
@@ -529,6 +540,46 @@ class _Applier:
                     numbers(f"{key}.", value)
 
         numbers("", self.e.detail)
+
+    def _progress(self, run: Run) -> None:
+        # The event's node and module are checked present (eventschema); no node or module row is made
+        # for them: the node's own events make those, and a curve is drawn from its points alone.
+        node, module, detail = self.e.node or "?", self.e.module or "?", self.e.detail
+        key = ("progress", run.id, node, module)
+        stored: int | None = self.rows.get(key)
+        if stored is None:
+            # Counted once per batch (then kept in ``rows``): one query for a spool's hundred points, not a hundred.
+            stored = (
+                self.s.scalar(
+                    select(func.count(ProgressPoint.id)).where(
+                        ProgressPoint.run_pk == run.id, ProgressPoint.node == node, ProgressPoint.module == module
+                    )
+                )
+                or 0
+            )
+        if stored >= MAX_POINTS_PER_MODULE:
+            # Dropped, not refused: the client did nothing wrong that a re-post would fix, and the curve so far
+            # is kept. The event id stays recorded, so a spool re-posting it sees a duplicate.
+            log.debug("progress of %s/%s in run %s: over %d points, dropped", node, module, run.id, stored)
+            self.rows[key] = stored
+            return
+        self.s.add(
+            ProgressPoint(
+                run_pk=run.id,
+                node=node,
+                module=module,
+                attempt=self.e.attempt or 1,
+                worker=detail["worker"],
+                step=detail["step"],
+                steps=detail["steps"],
+                loss=float(detail["loss"]),
+                auc=float(detail["auc"]) if "auc" in detail else None,
+                examples_per_s=float(detail["examples_per_s"]) if "examples_per_s" in detail else None,
+                seconds=float(detail["seconds"]) if "seconds" in detail else None,
+                ts=self.ts,
+            )
+        )
+        self.rows[key] = stored + 1
 
     def _model(self, run: Run) -> None:
         """``detail.model`` on any event records a model version; ``detail.routing`` mirrors its routing.

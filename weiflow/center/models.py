@@ -46,6 +46,7 @@ __all__ = [
     "NodeRun",
     "Pipeline",
     "PipelineVersion",
+    "ProgressPoint",
     "Role",
     "Run",
     "RunUse",
@@ -315,6 +316,30 @@ class Metric(Base):
     module: Mapped[str | None] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(200))
     value: Mapped[float] = mapped_column(Float)
+    ts: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProgressPoint(Base):
+    """One point of a module's progress while it ran (a ``module.progress`` event): a training curve's.
+
+    A table of its own rather than rows of ``metrics``: a point is one row with typed columns (which
+    worker, which attempt, at which step), and the run's final metrics stay a short list.
+    """
+
+    __tablename__ = "progress_points"
+    __table_args__ = (Index("ix_progress_points_run_module", "run_pk", "node", "module"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_pk: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    node: Mapped[str] = mapped_column(String(200))
+    module: Mapped[str] = mapped_column(String(200))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(BigInteger)
+    steps: Mapped[int] = mapped_column(BigInteger)
+    loss: Mapped[float] = mapped_column(Float)
+    auc: Mapped[float | None] = mapped_column(Float)
+    examples_per_s: Mapped[float | None] = mapped_column(Float)
+    seconds: Mapped[float | None] = mapped_column(Float)
     ts: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -10,10 +10,10 @@ The second command runs with ``PYTEST_ADDOPTS`` narrowing it to a small, fast su
 proves is that the venv the first command built serves the second. The whole suite is what CI
 runs, through ``.ci/run`` on a clean checkout.
 
-Measured on 2 cores shared with other jobs (load average up to 14), pip's cache warm: 9 min 48 s
-in all, of which creating the venv and installing into it 2 min 45 s, the demo 6 min 35 s (about
-90 s on an idle machine), the test subset about 20 s. A cold pip cache adds the downloads (the venv
-is 2.8 GB installed).
+Measured here, on 2 cores shared with other jobs, pip's cache warm: 5 min 4 s with a load average
+near 6 (creating the venv and installing into it 1 min 48 s, the demo 3 min 7 s, the test subset
+about 15 s) and 9 min 48 s with one up to 14 (2 min 45 s, 6 min 35 s, about 20 s); the demo alone
+takes about 90 s on an idle machine. A cold pip cache adds the downloads (the venv is 2.8 GB).
 """
 
 from __future__ import annotations

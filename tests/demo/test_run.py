@@ -19,9 +19,10 @@ from tests.conftest import EXAMPLES
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-# The served model's AUC over the Bayes-optimal AUC on the same next-day rows: 97.9% at the default
-# size (8000 steps on 200k rows); the floor leaves room for asynchronous training's run-to-run spread.
-AUC_RATIO_FLOOR = 0.95
+# The served model's AUC over the Bayes-optimal AUC on the same next-day rows: 99.0% at the default size
+# (8000 steps on 400k rows; issue 14 asks for 98%); the floor leaves room for asynchronous training's
+# run-to-run spread.
+AUC_RATIO_FLOOR = 0.97
 
 
 def test_the_main_command_goes_from_nothing_to_a_served_model(tmp_path: Path) -> None:
@@ -38,7 +39,7 @@ def test_the_main_command_goes_from_nothing_to_a_served_model(tmp_path: Path) ->
     assert summary["auc_ratio"] >= AUC_RATIO_FLOOR, summary
     assert 0.70 <= summary["bayes_auc"] <= 0.85
     served = summary["served"]
-    assert served["rows"] == 20_000 and served["day"] == "2026-11-02"
+    assert served["rows"] == 40_000 and served["day"] == "2026-11-02"
     assert served["auc_ratio"] == pytest.approx(served["auc"] / served["bayes_auc"], abs=1e-5)
     assert 0.70 <= served["bayes_auc"] <= 0.85 and served["logloss"] < 0.45
     # The pipeline's own holdout agrees with the served figure within the holdouts' sampling noise.
@@ -52,3 +53,6 @@ def test_the_main_command_goes_from_nothing_to_a_served_model(tmp_path: Path) ->
     assert set(summary["datasets"]) == {"events", "samples", "holdout", "model"}
     assert "ttl:7" in summary["datasets"]["holdout"]["retention"]
     assert "served AUC" in done.stderr and "Traceback" not in done.stderr
+    # Quiet means the summary only: what Spark's JVM and TensorFlow print went to engines.log.
+    assert "WARN" not in done.stderr and "oneDNN" not in done.stderr, done.stderr[:2000]
+    assert Path(summary["engines_log"]).stat().st_size > 0

@@ -42,7 +42,7 @@ from weiflow.tracking import Event, EventKind, FanoutTracker
 __all__ = ["DEFAULT_SPEC", "DEFAULT_STEPS", "DemoFailed", "run_demo"]
 
 DEFAULT_SPEC = Path("xml_specs/feed_ctr.xml")
-DEFAULT_STEPS = 8000  # 97.7% of the Bayes-optimal AUC at the default 200k rows (docs/demo-data.md)
+DEFAULT_STEPS = 8000  # 99% of the Bayes-optimal AUC at the default 400k rows (docs/demo-data.md)
 MODEL = "feed_ctr"
 SERVE_READY_S = 180.0
 # The next day's impressions scored through the service: as many as the pipeline holds out (10%).
@@ -198,7 +198,11 @@ def run_demo(
     from weiflow.demo.cli import default_impressions_uri
     from weiflow.demo.data import DEFAULT_ROWS, arrow_table, generate, write_impressions
 
-    console = Console(stderr=True, highlight=False)
+    # The demo's own output goes to the terminal's stderr; what the engines' processes print there (Spark's
+    # JVM and Python workers, TensorFlow's C++ logging, which ignores TF_CPP_MIN_LOG_LEVEL this early) goes
+    # to var/demo/engines.log while the pipeline and the service run.
+    terminal = os.fdopen(os.dup(2), "w", buffering=1)
+    console = Console(file=terminal, highlight=False)
     began = time.monotonic()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the PS and workers inherit it: no C++ chatter
     day = day or datetime.now(UTC).date()
@@ -213,48 +217,53 @@ def run_demo(
     impressions = generate(rows or DEFAULT_ROWS, day, seed=seed)
     data = write_impressions(impressions, uri, run_id=f"demo__{run_id}")
 
-    # 2. the pipeline
-    if not quiet:
-        console.print(f"[bold]2/4[/bold] running {spec} (run {run_id}): Spark features, 1 PS + 2 workers, publish")
-    dag = compile_file(spec, max_bytes=settings.max_spec_bytes)
-    log_tracker, log_path = run_tracker(settings, dag.name, run_id)
-    progress = _Progress(console, quiet)
-    run = RunContext.create(
-        dag,
-        settings=settings,
-        tracker=FanoutTracker(log_tracker, progress),
-        run_id=run_id,
-        ds=day,
-        overrides={"day": day.isoformat(), "train_steps": str(steps)},
-    )
-    result = run_pipeline(run)
-    if not result.succeeded:
-        failed = ", ".join(f"{node}: {error}" for node, error in result.errors.items())
-        raise DemoFailed(f"the pipeline failed ({failed}); run log: {log_path}")
-
-    # 3. the model it published, and the prediction service
-    repository = FileRepository(f"{settings.storage.rstrip('/')}/models")
-    ours = [v for v in repository.versions(MODEL) if repository.manifest(MODEL, v).run_id == run_id]
-    if not ours:
-        raise DemoFailed(f"the run published no version of '{MODEL}' into {repository.uri}; run log: {log_path}")
-    version = ours[-1]
-    metrics = dict(repository.manifest(MODEL, version).metrics)
-    routing = repository.read_routing(MODEL)
-    rows_shown = arrow_table(impressions).slice(0, 3).to_pylist()
-    requests = [{k: v for k, v in row.items() if k not in ("label", "ts")} for row in rows_shown]
-    if not quiet:
-        console.print(f"[bold]3/4[/bold] serving {repository.uri} with weiflow serve, scoring {len(requests)} requests")
     demo_dir = settings.var_dir / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True)
-    with _serving(repository.uri, demo_dir / "serve.log") as url:
-        endpoint = f"{url}/v1/models/{MODEL}/versions/{version}:score"
-        scores = _score(endpoint, requests)
-        next_day = day + timedelta(days=1)
+    with _engine_output_to(demo_dir / "engines.log"):
+        # 2. the pipeline
         if not quiet:
-            console.print(f"      scoring {next_day}'s impressions to compare with the best possible on them")
-        served = _served_quality(
-            endpoint, generate(max(1000, int(len(impressions.label) * SERVED_EVAL_SHARE)), next_day, seed=seed)
+            console.print(f"[bold]2/4[/bold] running {spec} (run {run_id}): Spark features, 1 PS + 2 workers, publish")
+        dag = compile_file(spec, max_bytes=settings.max_spec_bytes)
+        log_tracker, log_path = run_tracker(settings, dag.name, run_id)
+        progress = _Progress(console, quiet)
+        run = RunContext.create(
+            dag,
+            settings=settings,
+            tracker=FanoutTracker(log_tracker, progress),
+            run_id=run_id,
+            ds=day,
+            overrides={"day": day.isoformat(), "train_steps": str(steps)},
         )
+        result = run_pipeline(run)
+        if not result.succeeded:
+            failed = ", ".join(f"{node}: {error}" for node, error in result.errors.items())
+            raise DemoFailed(
+                f"the pipeline failed ({failed}); run log: {log_path}; the engines' output: {demo_dir / 'engines.log'}"
+            )
+
+        # 3. the model it published, and the prediction service
+        repository = FileRepository(f"{settings.storage.rstrip('/')}/models")
+        ours = [v for v in repository.versions(MODEL) if repository.manifest(MODEL, v).run_id == run_id]
+        if not ours:
+            raise DemoFailed(f"the run published no version of '{MODEL}' into {repository.uri}; run log: {log_path}")
+        version = ours[-1]
+        metrics = dict(repository.manifest(MODEL, version).metrics)
+        routing = repository.read_routing(MODEL)
+        rows_shown = arrow_table(impressions).slice(0, 3).to_pylist()
+        requests = [{k: v for k, v in row.items() if k not in ("label", "ts")} for row in rows_shown]
+        if not quiet:
+            console.print(
+                f"[bold]3/4[/bold] serving {repository.uri} with weiflow serve, scoring {len(requests)} requests"
+            )
+        with _serving(repository.uri, demo_dir / "serve.log") as url:
+            endpoint = f"{url}/v1/models/{MODEL}/versions/{version}:score"
+            scores = _score(endpoint, requests)
+            next_day = day + timedelta(days=1)
+            if not quiet:
+                console.print(f"      scoring {next_day}'s impressions to compare with the best possible on them")
+            served = _served_quality(
+                endpoint, generate(max(1000, int(len(impressions.label) * SERVED_EVAL_SHARE)), next_day, seed=seed)
+            )
 
     # 4. the summary
     written = datetime.now(UTC)
@@ -286,6 +295,7 @@ def run_demo(
         "training_curve": _training_curve(repository.uri, version),
         "run_id": run_id,
         "run_log": str(log_path),
+        "engines_log": str(demo_dir / "engines.log"),
         "datasets": {
             d.name: {"uri": run.datasets[d.name].uri, "retention": _retention_text(d.retention, written)}
             for d in dag.spec.datasets
@@ -337,6 +347,21 @@ def _served_quality(endpoint: str, impressions: Any) -> dict[str, Any]:
         "logloss": round(log_loss(labels, scores), 6),
         "bayes_logloss": round(log_loss(labels, impressions.click_probability), 6),
     }
+
+
+@contextlib.contextmanager
+def _engine_output_to(log: Path) -> Iterator[None]:
+    """File descriptor 2 into ``log`` for the block: the processes started meanwhile inherit it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with log.open("ab") as out:
+        os.dup2(out.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _peak_rss_mib() -> float:

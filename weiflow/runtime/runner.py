@@ -14,6 +14,7 @@ from weiflow.errors import DatasetError, EngineNotAvailable, RegistryError
 from weiflow.registry import Registry, default_registry
 from weiflow.runtime.context import NodeContext, RunContext, error_text
 from weiflow.runtime.executor import Executor
+from weiflow.runtime.lease import NodeLease
 from weiflow.storage import exists, is_complete
 from weiflow.tracking import EventKind
 
@@ -120,12 +121,31 @@ def run_node(
 ) -> None:
     """Run one node, emitting node events; raises on failure. The entry point Airflow tasks call.
 
-    ``on_executor`` receives the executor before it starts, so a caller (a signal handler,
+    The attempt first takes the node's lease (:mod:`weiflow.runtime.lease`): an older attempt of
+    this node of this run still alive on this machine is stopped first, so two attempts never run
+    side by side; a refused attempt (:class:`~weiflow.runtime.lease.NodeBusy`) raises before any
+    event. ``on_executor`` receives the executor before it starts, so a caller (a signal handler,
     an Airflow ``on_kill``) can cancel it.
     """
     node = run.dag.node(node_id)
     registry = registry or default_registry()
-    run.event(EventKind.NODE_STARTED, node=node.id, attempt=attempt, detail=node_started_detail(run, node))
+    with NodeLease(run.settings.var_dir, run.dag.name, run.run_id, node.id).acquire(attempt) as lease:
+        detail = node_started_detail(run, node)
+        if lease.superseded is not None:
+            old = lease.superseded
+            detail["superseded"] = {"attempt": old.attempt, "pid": old.pid, "host": old.host}
+            log.warning("node %s: stopped %s, still running, before attempt %d", node.id, old.describe(), attempt)
+        run.event(EventKind.NODE_STARTED, node=node.id, attempt=attempt, detail=detail)
+        _run_attempt(run, node, registry, attempt, on_executor)
+
+
+def _run_attempt(
+    run: RunContext,
+    node: NodePlan,
+    registry: Registry,
+    attempt: int,
+    on_executor: Callable[[Executor], None] | None,
+) -> None:
     started = time.monotonic()
     try:
         executor = _executor(registry, node)

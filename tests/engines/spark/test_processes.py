@@ -17,6 +17,7 @@ import pytest
 
 from weiflow.processes import free_port
 from weiflow.storage import SUCCESS_MARKER, is_complete
+from weiflow.tracking import EventKind, read_events, run_log_path
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -88,6 +89,74 @@ def test_killed_mid_write_leaves_nothing_complete_and_the_rerun_succeeds(tmp_pat
     result = run_node(tmp_path, spec)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((storage / "out" / SUCCESS_MARKER).read_text())["rows"] == 1000
+
+
+def group_members(pgid: int) -> list[int]:
+    """The pids of the live processes in process group ``pgid`` (from /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_a_retry_stops_the_attempt_still_writing_before_it_writes_the_same_dataset(tmp_path: Path) -> None:
+    # Airflow retried the task while the first attempt (a lost worker's orphan) is still writing `out`.
+    storage = tmp_path / "var" / "storage" / "big"
+
+    def argv(spec: Path, attempt: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "weiflow",
+            "run-node",
+            str(spec),
+            "--node",
+            "gen",
+            "--run-id",
+            "r1",
+            "--attempt",
+            str(attempt),
+        ]
+
+    (tmp_path / "small").mkdir()
+    first = subprocess.Popen(
+        argv(spec_file(tmp_path, rows=30_000_000), 1),
+        env=environment(tmp_path),
+        stdout=(tmp_path / "first.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # as the Airflow operator starts run-node
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (storage.exists() and any(p.name.startswith(".out.tmp-") for p in storage.iterdir())):
+            assert first.poll() is None, "the first attempt ended before it started writing"
+            assert time.monotonic() < deadline, "the first attempt never started writing"
+            time.sleep(0.05)
+        second = subprocess.run(
+            argv(spec_file(tmp_path / "small", rows=1000), 2),
+            env=environment(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 0, second.stderr[-3000:]
+        # The first attempt was cancelled, its whole group (the driver and its JVM) gone before the second began.
+        assert first.wait(timeout=10) == 130, (tmp_path / "first.log").read_text()[-3000:]
+        assert group_members(first.pid) == []
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    assert json.loads((storage / "out" / SUCCESS_MARKER).read_text())["rows"] == 1000
+    assert not [p for p in storage.iterdir() if p.name.startswith(".out.tmp-")]  # the first attempt's is cleaned up
+    events = read_events(run_log_path(tmp_path / "var" / "runs", "big", "r1"))
+    started = [e for e in events if e.kind is EventKind.NODE_STARTED]
+    assert [e.attempt for e in started] == [1, 2] and started[1].detail["superseded"]["attempt"] == 1
 
 
 @pytest.fixture

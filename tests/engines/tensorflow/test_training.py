@@ -257,3 +257,46 @@ def test_a_killed_node_resumes_from_its_checkpoint_when_rerun(
     trained = metrics(read_events(run_log(isolated_var, "r2")), "fit")
     assert trained["steps"] == 3000
     assert trained["resumed_from"] is not None and 100 <= trained["resumed_from"] < 3000
+
+
+def test_a_retry_stops_the_cluster_of_the_attempt_still_training_before_starting_its_own(
+    data: Path, make_spec: Callable[..., Path], isolated_var: Path
+) -> None:
+    # Airflow retried the task while the first attempt's run-node, orphaned by a lost worker, still trains.
+    spec = make_spec(pipeline(data, '<cluster ps="1" workers="2"/>', LONG))
+
+    def attempt(number: int) -> subprocess.Popen[str]:
+        argv = [WEIFLOW, "run-node", str(spec), "--node", "train", "--run-id", "d1", "--attempt", str(number)]
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+
+    first = attempt(1)
+    second = None
+    try:
+        wait_for(training_started(isolated_var, "d1"), 120, "training to start")
+        old = cluster_pids(read_events(run_log(isolated_var, "d1")))
+        second = attempt(2)
+
+        def second_cluster() -> bool:
+            return any(
+                e.kind is EventKind.CLUSTER_STARTED and e.attempt == 2 for e in read_events(run_log(isolated_var, "d1"))
+            )
+
+        wait_for(second_cluster, 180, "the second attempt's cluster")
+        # By the time the new attempt had a cluster, the old one's processes were all gone: never two side by side.
+        assert not [pid for pid in old.values() if alive(pid)]
+        assert first.wait(timeout=5) == 130
+        new = cluster_pids(read_events(run_log(isolated_var, "d1")))
+        assert set(new.values()).isdisjoint(old.values())
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=30) == 130
+        assert_all_gone(list(new.values()))
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    events = read_events(run_log(isolated_var, "d1"))
+    node = [(e.kind, e.attempt) for e in events if e.node == "train" and e.module is None]
+    assert node[:3] == [(EventKind.NODE_STARTED, 1), (EventKind.NODE_FAILED, 1), (EventKind.NODE_STARTED, 2)]

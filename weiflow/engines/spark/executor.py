@@ -187,7 +187,12 @@ class SparkExecutor(Executor):
         with self._lock:
             session, app = self._session, self._app
         if session is not None:
-            session.sparkContext.cancelAllJobs()
+            # cancel() runs in a signal handler, on a thread that may be inside a py4j call: PySpark pins
+            # one JVM connection per Python thread, so calling from here would re-enter that connection
+            # ("reentrant call"), fail, and turn the cancellation into a failure. Another thread has its own.
+            canceller = threading.Thread(target=_cancel_jobs, args=(session,), name="weiflow-spark-cancel", daemon=True)
+            canceller.start()
+            canceller.join(_CANCEL_WAIT_S)
         if app is not None:
             app.terminate()
 
@@ -205,6 +210,16 @@ class SparkExecutor(Executor):
     def session(self) -> SparkSession:
         assert self._session is not None, "no Spark application is running"
         return self._session
+
+
+_CANCEL_WAIT_S = 10.0  # for the JVM to take the cancellation; the process group's SIGKILL follows anyway
+
+
+def _cancel_jobs(session: SparkSession) -> None:
+    try:
+        session.sparkContext.cancelAllJobs()
+    except Exception as exc:  # the JVM may be going down already: nothing left to cancel
+        print(f"weiflow: cancelling the Spark jobs: {exc}", file=sys.stderr)
 
 
 _RAISED = re.compile(r"[A-Za-z_][\w.]*(Error|Exception): ")  # a Python traceback's last line

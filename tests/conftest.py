@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+# The fault matrix: @pytest.mark.reliability cells and --reliability-report (docs/reliability.md).
+pytest_plugins = ["tests.reliability_plugin"]
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "xml_specs"
 

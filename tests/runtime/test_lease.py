@@ -91,6 +91,12 @@ def node_events(isolated_var: Path) -> list[Event]:
     return [e for e in events if e.node == "n" and e.module is None]
 
 
+@pytest.mark.reliability(
+    area="retry",
+    component="python run-node",
+    fault="retried while the old attempt runs",
+    proves="the old attempt cancelled (exit 130) before the new one's node.started; the dataset is the new one's",
+)
 def test_a_new_attempt_stops_the_old_one_before_it_starts(
     spec: Path, isolated_var: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -117,6 +123,12 @@ def test_a_new_attempt_stops_the_old_one_before_it_starts(
     assert (written / "by.txt").read_text() == str(new.pid) and (written / "_SUCCESS").is_file()
 
 
+@pytest.mark.reliability(
+    area="retry",
+    component="python run-node",
+    fault="a stale (older) attempt starts",
+    proves="refused with exit 1 and no event; the live attempt untouched",
+)
 def test_a_stale_attempt_is_refused_and_the_live_one_keeps_running(
     spec: Path, isolated_var: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -132,6 +144,12 @@ def test_a_stale_attempt_is_refused_and_the_live_one_keeps_running(
     assert [(e.kind, e.attempt) for e in node_events(isolated_var)] == [(EventKind.NODE_STARTED, 2)]
 
 
+@pytest.mark.reliability(
+    area="retry",
+    component="python run-node",
+    fault="attempt SIGKILLed (worker lost), then retried",
+    proves="the lease is free at once; the retry runs without waiting",
+)
 def test_an_attempt_killed_outright_leaves_the_node_free(
     spec: Path, isolated_var: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
@@ -160,6 +178,12 @@ time.sleep(60)
 """
 
 
+@pytest.mark.reliability(
+    area="retry",
+    component="node lease",
+    fault="holder on another host",
+    proves="never signalled; the new attempt fails naming host and pid",
+)
 def test_a_holder_on_another_host_is_never_signalled(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:

@@ -54,6 +54,12 @@ def _wait_for_copy(child: subprocess.Popen[bytes], state: Path, log: Path, timeo
     pytest.fail(f"no copy seen within {timeout_s:g} s:\n{log.read_text()}")
 
 
+@pytest.mark.reliability(
+    area="kill",
+    component="deploy run-node (publish)",
+    fault="SIGKILL mid-copy",
+    proves="no version appears, the routing file byte-identical; the rerun publishes the next version",
+)
 def test_a_publish_killed_mid_copy_leaves_no_version_and_the_rerun_publishes_the_next(
     export: Callable[..., Path], make_spec: Callable[..., Path], isolated_var: Path, tmp_path: Path
 ) -> None:

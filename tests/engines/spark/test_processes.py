@@ -62,6 +62,12 @@ def run_node(tmp_path: Path, spec: Path, **env: str) -> subprocess.CompletedProc
     )
 
 
+@pytest.mark.reliability(
+    area="kill",
+    component="Spark run-node",
+    fault="SIGKILL to its group mid-write",
+    proves="no dataset looks complete, no temporary left; the rerun writes it whole (row count)",
+)
 def test_killed_mid_write_leaves_nothing_complete_and_the_rerun_succeeds(tmp_path: Path) -> None:
     spec = spec_file(tmp_path, rows=30_000_000)
     storage = tmp_path / "var" / "storage" / "big"
@@ -104,6 +110,12 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
+@pytest.mark.reliability(
+    area="retry",
+    component="Spark run-node",
+    fault="retried while the old attempt writes",
+    proves="the old attempt's process group gone before the new one writes; the dataset has the new one's rows only",
+)
 def test_a_retry_stops_the_attempt_still_writing_before_it_writes_the_same_dataset(tmp_path: Path) -> None:
     # Airflow retried the task while the first attempt (a lost worker's orphan) is still writing `out`.
     storage = tmp_path / "var" / "storage" / "big"

@@ -197,6 +197,12 @@ def training_started(isolated_var: Path, run_id: str) -> Callable[[], bool]:
 LONG = 'model="logistic" steps="1000000" batch-size="64" checkpoint-every="100"'
 
 
+@pytest.mark.reliability(
+    area="kill",
+    component="TF worker",
+    fault="SIGKILL mid-training",
+    proves="the node fails fast naming the worker; no process of the cluster left (by pid)",
+)
 def test_a_worker_killed_with_sigkill_fails_the_node_fast_and_stops_everything(
     data: Path, make_spec: Callable[..., Path], isolated_var: Path
 ) -> None:
@@ -214,6 +220,12 @@ def test_a_worker_killed_with_sigkill_fails_the_node_fast_and_stops_everything(
     assert_all_gone(list(pids.values()))
 
 
+@pytest.mark.reliability(
+    area="kill",
+    component="TF launcher (run-node)",
+    fault="SIGTERM mid-training",
+    proves="exit 130, node failed 'cancelled'; no process of the cluster left (by pid)",
+)
 def test_sigterm_to_the_launcher_stops_every_process_of_the_cluster(
     data: Path, make_spec: Callable[..., Path], isolated_var: Path
 ) -> None:
@@ -232,6 +244,12 @@ def test_sigterm_to_the_launcher_stops_every_process_of_the_cluster(
     assert failed and failed[-1].error == "cancelled"
 
 
+@pytest.mark.reliability(
+    area="kill",
+    component="TF launcher (run-node)",
+    fault="SIGKILL mid-training",
+    proves="children die with it; the rerun resumes from the last checkpoint and reaches the step target",
+)
 def test_a_killed_node_resumes_from_its_checkpoint_when_rerun(
     data: Path, make_spec: Callable[..., Path], isolated_var: Path
 ) -> None:
@@ -259,6 +277,12 @@ def test_a_killed_node_resumes_from_its_checkpoint_when_rerun(
     assert trained["resumed_from"] is not None and 100 <= trained["resumed_from"] < 3000
 
 
+@pytest.mark.reliability(
+    area="retry",
+    component="TF run-node (1 PS + 2 workers)",
+    fault="retried while the old attempt trains",
+    proves="every process of the old cluster gone before the new cluster starts",
+)
 def test_a_retry_stops_the_cluster_of_the_attempt_still_training_before_starting_its_own(
     data: Path, make_spec: Callable[..., Path], isolated_var: Path
 ) -> None:

@@ -57,24 +57,32 @@ def curve_points(workers: int, calls: int) -> list[dict[str, float]]:
     ]
 
 
-def test_the_svg_has_a_line_per_worker_in_each_panel() -> None:
-    svg = etree.fromstring(draw_curve(curve_points(2, 80), title="feed_ctr: train/fit", image_format="svg"))
+def svg_lines(svg: bytes) -> dict[str, int]:
+    """Each worker line's group id and its number of points."""
+    root = etree.fromstring(svg)
     ns = {"svg": "http://www.w3.org/2000/svg"}
-    # matplotlib names each plotted line line2d_N: 2 workers x 2 panels, plus the legends' 2 x 2 samples.
-    lines = svg.xpath("//svg:g[starts-with(@id, 'line2d_')]/svg:path", namespaces=ns)
-    long_lines = [p for p in lines if p.get("d", "").count("L") >= 30]
-    assert len(long_lines) == 4
-    assert not svg.xpath("//svg:script", namespaces=ns)
+    return {
+        group.get("id"): group.xpath("string(svg:path/@d)", namespaces=ns).count("L") + 1
+        for group in root.xpath("//svg:g[starts-with(@id, 'worker-')]", namespaces=ns)
+    }
+
+
+def test_the_svg_has_a_line_per_worker_in_each_panel_and_nothing_active() -> None:
+    svg = draw_curve(curve_points(2, 80), title="feed_ctr: train/fit $x$ <b>", image_format="svg")
+    assert svg_lines(svg) == {"worker-0-loss": 40, "worker-1-loss": 40, "worker-0-auc": 40, "worker-1-auc": 40}
+    root = etree.fromstring(svg)
+    assert not root.xpath("//*[local-name()='script']") and b"<!DOCTYPE" not in svg and b"<b>" not in svg
+
+
+def test_without_any_auc_only_the_loss_panel_is_drawn() -> None:
+    points = [{k: v for k, v in p.items() if k != "auc"} for p in curve_points(2, 20)]
+    assert set(svg_lines(draw_curve(points, title="t", image_format="svg"))) == {"worker-0-loss", "worker-1-loss"}
 
 
 def test_long_series_are_thinned() -> None:
     points = curve_points(1, 3 * MAX_POINTS_PER_SERIES + 7)
-    svg = etree.fromstring(draw_curve(points, title="t", image_format="svg"))
-    ns = {"svg": "http://www.w3.org/2000/svg"}
-    drawn = [
-        p.get("d", "").count("L") + 1 for p in svg.xpath("//svg:g[starts-with(@id, 'line2d_')]/svg:path", namespaces=ns)
-    ]
-    assert max(drawn) <= MAX_POINTS_PER_SERIES + 1
+    drawn = svg_lines(draw_curve(points, title="t", image_format="svg"))
+    assert 0 < drawn["worker-0-loss"] <= MAX_POINTS_PER_SERIES + 1
 
 
 def test_the_same_points_draw_the_same_bytes() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,10 @@ __all__ = ["MAX_POINTS_PER_SERIES", "binned_auc", "draw_curve", "read_progress"]
 
 # More points than a figure a few hundred pixels wide can show: longer series keep every k-th point.
 MAX_POINTS_PER_SERIES = 500
+# matplotlib keeps process-wide state (font caches, the rcParams it reads while drawing) and does not
+# promise thread safety; a curve takes a fraction of a second, so one is drawn at a time.
+_DRAWING = threading.Lock()
+_DOCTYPE = re.compile(rb"<!DOCTYPE[^>]*>\s*")
 
 
 def read_progress(path: str | Path) -> list[dict[str, Any]]:
@@ -74,28 +80,43 @@ def _series(points: Iterable[Mapping[str, Any]], field: str) -> dict[int, tuple[
 def draw_curve(points: Sequence[Mapping[str, Any]], *, title: str, image_format: str = "png") -> bytes:
     """Loss (top) and AUC (bottom) by step, a line per worker, as ``image_format`` ("png" or "svg") bytes.
 
-    Drawn on a :class:`matplotlib.figure.Figure`, never pyplot: no global state, safe in a server's
-    threads. Text in the picture comes from ``title`` and worker numbers only.
+    Each worker keeps one colour in both panels; its lines are groups with ids ``worker-<n>-loss``
+    and ``worker-<n>-auc`` in the SVG. The AUC panel is left out when no point has an AUC. Drawn on
+    a :class:`matplotlib.figure.Figure`, never pyplot (whose global figure manager is not safe in a
+    server's threads), one picture at a time. The only text is ``title`` (shown as it is: no TeX,
+    matplotlib escapes it) and worker numbers; the SVG has no scripts and no DOCTYPE.
     """
     if image_format not in ("png", "svg"):
         raise ValueError(f"image_format must be png or svg, not {image_format!r}")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7.0, 5.0), dpi=100, layout="constrained")
-    loss_axes, auc_axes = figure.subplots(2, 1, sharex=True)
-    for axes, field, label in ((loss_axes, "loss", "training loss"), (auc_axes, "auc", "training AUC")):
-        for worker, (steps, values) in _series(points, field).items():
-            axes.plot(steps, values, linewidth=1.2, label=f"worker {worker}")
+    loss, auc = _series(points, "loss"), _series(points, "auc")
+    figure = Figure(figsize=(7.0, 5.0 if auc else 3.2), dpi=100, layout="constrained")
+    if auc:
+        loss_axes, auc_axes = figure.subplots(2, 1, sharex=True)
+        panels = [(loss_axes, loss, "loss", "training loss"), (auc_axes, auc, "auc", "training AUC")]
+    else:
+        loss_axes = figure.subplots(1, 1)
+        panels = [(loss_axes, loss, "loss", "training loss")]
+    workers = sorted({*loss, *auc})
+    for axes, series, key, label in panels:
+        for worker, (steps, values) in series.items():
+            color = f"C{workers.index(worker) % 10}"
+            axes.plot(steps, values, color=color, linewidth=1.2, label=f"worker {worker}", gid=f"worker-{worker}-{key}")
         axes.set_ylabel(label)
         axes.grid(True, alpha=0.3)
-        if axes.has_data():
-            axes.legend(loc="best", fontsize="small")
-        else:
-            axes.text(0.5, 0.5, "no points", ha="center", va="center", transform=axes.transAxes, color="grey")
-    auc_axes.set_xlabel("step")
-    figure.suptitle(title)
+    if loss:
+        loss_axes.legend(loc="best", fontsize="small", frameon=False)
+    else:
+        loss_axes.text(0.5, 0.5, "no points", ha="center", va="center", transform=loss_axes.transAxes, color="grey")
+    panels[-1][0].set_xlabel("step")
+    figure.suptitle(title, parse_math=False)
     out = io.BytesIO()
     # No creation date or software tag: the same points give the same bytes.
     metadata: dict[str, Any] = {"Date": None} if image_format == "svg" else {"Software": None}
-    figure.savefig(out, format=image_format, metadata=metadata)
+    with _DRAWING:
+        figure.savefig(out, format=image_format, metadata=metadata)
+    if image_format == "svg":
+        # The DOCTYPE only names an external DTD, which nothing needs and a careless parser might fetch.
+        return _DOCTYPE.sub(b"", out.getvalue(), count=1)
     return out.getvalue()

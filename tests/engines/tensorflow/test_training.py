@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,25 +200,43 @@ LONG = 'model="logistic" steps="1000000" batch-size="64" checkpoint-every="100"'
 
 @pytest.mark.reliability(
     area="kill",
-    component="TF worker",
+    component="TF cluster process (a worker, the PS, the chief)",
     fault="SIGKILL mid-training",
-    proves="the node fails fast naming the worker; no process of the cluster left (by pid)",
+    proves="the node fails fast naming the task; no process of the cluster left (by pid); the rerun resumes "
+    "from the last checkpoint and finishes",
 )
-def test_a_worker_killed_with_sigkill_fails_the_node_fast_and_stops_everything(
-    data: Path, make_spec: Callable[..., Path], isolated_var: Path
+@pytest.mark.parametrize("task", ["worker:1", "ps:0", "chief:0"])
+def test_a_cluster_process_killed_with_sigkill_fails_the_node_fast_and_the_rerun_resumes(
+    task: str, data: Path, make_spec: Callable[..., Path], isolated_var: Path
 ) -> None:
     spec = make_spec(pipeline(data, '<cluster ps="1" workers="2"/>', LONG))
-    node = start_node(spec, "k1")
+    run_id = f"k-{task.replace(':', '')}"
+    node = start_node(spec, run_id)
+    checkpoints = isolated_var / "tensorflow" / "ctr" / run_id / "train" / "fit" / "checkpoints"
     try:
-        wait_for(training_started(isolated_var, "k1"), 120, "training to start")
-        pids = cluster_pids(read_events(run_log(isolated_var, "k1")))
-        os.kill(pids["worker:1"], signal.SIGKILL)
+        wait_for((checkpoints / "checkpoint").is_file, 120, "a first checkpoint")
+        pids = cluster_pids(read_events(run_log(isolated_var, run_id)))
+        os.kill(pids[task], signal.SIGKILL)
         out, _ = node.communicate(timeout=30)
     finally:
         node.kill()
     assert node.returncode == 1, out
-    assert "worker:1" in out and "SIGKILL" in out
+    named = "the chief of" if task == "chief:0" else task
+    assert named in out and "SIGKILL" in out
     assert_all_gone(list(pids.values()))
+
+    # The rerun (same run id: Airflow's retry) restores the last checkpoint the killed attempt left and
+    # trains the rest: here a target 100 steps past it, so that it ends.
+    saved = int(re.search(r'model_checkpoint_path: "ckpt-(\d+)"', (checkpoints / "checkpoint").read_text())[1])
+    rerun_spec = make_spec(
+        pipeline(data, '<cluster ps="1" workers="2"/>', LONG.replace('steps="1000000"', f'steps="{saved + 100}"')),
+        name="rerun.xml",
+    )
+    rerun = start_node(rerun_spec, run_id)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    trained = metrics(read_events(run_log(isolated_var, run_id)), "fit")
+    assert trained["resumed_from"] == saved and trained["steps"] == saved + 100
 
 
 @pytest.mark.reliability(

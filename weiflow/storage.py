@@ -123,9 +123,12 @@ def atomic_output(uri: str, *, run_id: str, stage_on_storage: bool = False) -> I
     remote_stage = None
     if local:
         _refuse_foreign(Path(path))
-        Path(parent or "/").mkdir(parents=True, exist_ok=True)
         staging = Path(parent or "/") / f".{name}.tmp-{token}"
-        staging.mkdir()
+        try:
+            Path(parent or "/").mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+        except OSError as exc:
+            raise _storage_error(uri, exc) from exc
         target = f"file://{staging}"
     else:
         staging = Path(tempfile.mkdtemp(prefix="weiflow-stage-"))
@@ -135,19 +138,37 @@ def atomic_output(uri: str, *, run_id: str, stage_on_storage: bool = False) -> I
             target = fs.unstrip_protocol(remote_stage)
     output = StagedOutput(staging, uri, target)
     try:
-        yield output
-        marker = json.dumps({"run_id": run_id, "committed_at": datetime.now(UTC).isoformat(), "rows": output.rows})
-        if local:
-            (staging / SUCCESS_MARKER).write_text(marker)
-            with _signals_deferred():
-                _commit_local(staging, Path(path), token)
-        else:
-            _commit_remote(fs, staging, path, token, marker, staged_remotely=remote_stage is not None)
+        try:
+            yield output
+            marker = json.dumps({"run_id": run_id, "committed_at": datetime.now(UTC).isoformat(), "rows": output.rows})
+            if local:
+                (staging / SUCCESS_MARKER).write_text(marker)
+                with _signals_deferred():
+                    _commit_local(staging, Path(path), token)
+            else:
+                _commit_remote(fs, staging, path, token, marker, staged_remotely=remote_stage is not None)
+        except OSError as exc:
+            if exc.errno not in _STORAGE_ERRNOS:
+                raise
+            raise _storage_error(uri, exc) from exc
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         if remote_stage is not None and fs.exists(remote_stage):
             fs.rm(remote_stage, recursive=True)
+
+
+# The storage itself refused a write: full, over a quota or a file-size limit, or read-only. Said as
+# the dataset's failure (a DatasetError naming it), not as a bug in the code that was writing.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _storage_error(uri: str, exc: OSError) -> DatasetError:
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    return DatasetError(
+        f"cannot write dataset {uri}: the storage refused it ({why}: {exc}); nothing was committed and the "
+        "previous version, if any, is unchanged"
+    )
 
 
 def _refuse_foreign(final: Path) -> None:

@@ -53,6 +53,12 @@ def count(sessions: sessionmaker[Session], model: type[IngestedEvent] | type[Run
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
+@pytest.mark.reliability(
+    area="dependency",
+    component="runtime → control center (spool)",
+    fault="center not listening while events are emitted",
+    proves="emit never waits on a dead center; the events wait in the spool and are ingested once when it is back",
+)
 def test_events_wait_in_the_spool_while_the_center_is_down(
     sessions: sessionmaker[Session], token: str, tmp_path: Path
 ) -> None:
@@ -84,6 +90,12 @@ def test_a_bad_token_keeps_events_spooled(sessions: sessionmaker[Session], token
     assert count(sessions, Run) == 1
 
 
+@pytest.mark.reliability(
+    area="dependency",
+    component="runtime → control center (spool)",
+    fault="acknowledgement lost: an applied batch sent again",
+    proves="the event is ingested once (ingested_events rows)",
+)
 def test_redelivery_after_a_lost_acknowledgement_counts_once(
     sessions: sessionmaker[Session], token: str, tmp_path: Path
 ) -> None:
@@ -98,6 +110,12 @@ def test_redelivery_after_a_lost_acknowledgement_counts_once(
     assert count(sessions, IngestedEvent) == 1
 
 
+@pytest.mark.reliability(
+    area="dependency",
+    component="runtime → control center (spool)",
+    fault="center accepts connections and never answers (background delivery)",
+    proves="emit returns at once; every event stays spooled and is delivered when a center answers",
+)
 def test_background_delivery_never_makes_emit_wait(sessions: sessionmaker[Session], token: str, tmp_path: Path) -> None:
     # A center that accepts connections and never answers: the worst case for a caller that waits.
     silent = socket.socket()

@@ -13,9 +13,7 @@ import contextlib
 import json
 import shutil
 import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.modelrepo.conftest import FEATURE_MAP, manifest_for
+from tests.serving.clients import ScoreLoop
 from weiflow.features.featuremap import FeatureMap
 from weiflow.features.online import OnlineFeatures
 from weiflow.modelrepo import FEATURE_MAP_PATH, FileRepository, update_routing
@@ -149,51 +148,32 @@ def test_new_versions_routing_changes_and_a_broken_version_cost_no_request(built
     repository = FileRepository(str(tmp_path / "models"))
     (tmp_path / "sources").mkdir()
     publish(repository, built_models, tmp_path / "sources", 100)
-    failures: list[str] = []
-    served: Counter[str] = Counter()
-    stop = threading.Event()
 
-    def client(url: str, worker: int) -> None:
-        with httpx.Client(timeout=30) as http:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                answer = http.post(
-                    f"{url}/v1/models/{MODEL}:score", json={"instances": ROWS[:1], "key": f"{worker}-{n}"}
-                )
-                if answer.status_code != 200:
-                    failures.append(f"{answer.status_code} {answer.text}")
-                else:
-                    served[answer.json()["model_version"]] += 1
+    with (
+        serving(tmp_path / "serve.log", f"--repository={repository.uri}", "--file_system_poll_wait_seconds=1") as url,
+        ScoreLoop(url, MODEL, ROWS[0]) as clients,
+    ):
+        served, failures = clients.served, clients.failures
 
-    def until(condition: Any, what: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert time.monotonic() < deadline, f"{what}: served {dict(served)}, failures {failures[:3]}"
-            time.sleep(0.1)
+        def until(condition: Any, what: str, timeout: float = 90) -> None:
+            deadline = time.monotonic() + timeout
+            while not condition():
+                assert time.monotonic() < deadline, f"{what}: served {dict(served)}, failures {failures[:3]}"
+                time.sleep(0.1)
 
-    with serving(tmp_path / "serve.log", f"--repository={repository.uri}", "--file_system_poll_wait_seconds=1") as url:
-        clients = [threading.Thread(target=client, args=(url, i)) for i in range(3)]
-        for thread in clients:
-            thread.start()
-        try:
-            until(lambda: served["1"] > 20, "version 1 serves")
-            publish(repository, built_models, tmp_path / "sources", 50)  # a canary at 50%
-            until(lambda: served["2"] > 20, "the canary gets traffic")
-            publish(repository, built_models, tmp_path / "sources", 100, broken=True)  # routed, but cannot load
-            until(
-                lambda: any(
-                    s["version"] == "3" and s["state"] == "END"
-                    for s in httpx.get(f"{url}/v1/models/{MODEL}").json()["model_version_status"]
-                ),
-                "the broken version is reported",
-            )
-            before = dict(served)
-            until(lambda: served["1"] > before["1"] + 10 and served["2"] > before["2"] + 10, "the old split serves on")
-        finally:
-            stop.set()
-            for thread in clients:
-                thread.join(30)
+        until(lambda: served["1"] > 20, "version 1 serves")
+        publish(repository, built_models, tmp_path / "sources", 50)  # a canary at 50%
+        until(lambda: served["2"] > 20, "the canary gets traffic")
+        publish(repository, built_models, tmp_path / "sources", 100, broken=True)  # routed, but cannot load
+        until(
+            lambda: any(
+                s["version"] == "3" and s["state"] == "END"
+                for s in httpx.get(f"{url}/v1/models/{MODEL}").json()["model_version_status"]
+            ),
+            "the broken version is reported",
+        )
+        before = dict(served)
+        until(lambda: served["1"] > before["1"] + 10 and served["2"] > before["2"] + 10, "the old split serves on")
         status = httpx.get(f"{url}/v1/models/{MODEL}").json()["model_version_status"]
     assert failures == []
     broken = next(s for s in status if s["version"] == "3")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -34,6 +35,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,6 +69,8 @@ from weiflow.modelrepo.contracts import MODEL_NAME_PATTERN
 from weiflow.storage import StorageRoots
 
 __all__ = ["APP", "SERVER_OPTIONS", "app_from_settings", "create_app"]
+
+log = logging.getLogger("weiflow.center")
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -179,6 +183,17 @@ def create_app(
         # Every pooled connection is in use for longer than pool_timeout_s: say so, and when to retry.
         return JSONResponse(
             {"detail": "the center is busy; retry shortly"}, status_code=503, headers={"Retry-After": "2"}
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(_request: Request, exc: OperationalError) -> Response:
+        # The database dropped the connection or refuses new ones: the transaction went with the
+        # connection, nothing was applied, and the client should retry rather than see a crash.
+        log.warning("the database is unavailable (answered 503): %s", str(exc.orig or exc).strip().splitlines()[0])
+        return JSONResponse(
+            {"detail": "the center's database is unavailable; retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "5"},
         )
 
     def need(user: Principal, *roles: Role) -> None:

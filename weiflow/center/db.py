@@ -12,16 +12,29 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["MIGRATIONS", "alembic_config", "changed", "dialect_insert", "make_engine", "make_sessionmaker", "migrate"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "MIGRATIONS",
+    "alembic_config",
+    "changed",
+    "dialect_insert",
+    "make_engine",
+    "make_sessionmaker",
+    "migrate",
+]
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+CONNECT_TIMEOUT_S = 5  # a database server that does not answer a connection attempt in this long is down
 
 
 def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine:
     """An engine for ``url``. ``schema`` (PostgreSQL) puts every table in that schema: how tests share a database.
 
     SQLite gets WAL (readers never wait for the writer), a 30 s busy timeout (two sweeps or a
-    sweep and ingestion take turns instead of failing), and enforced foreign keys.
+    sweep and ingestion take turns instead of failing), and enforced foreign keys. A database
+    server's pooled connections are pinged before use, so connections the server (or the network)
+    dropped are replaced instead of failing a request after it is back; connecting gives up after
+    ``CONNECT_TIMEOUT_S``, so a server that does not answer costs a request an error, never a hang.
     """
     parsed = make_url(url)
     connect_args: dict[str, Any] = kwargs.pop("connect_args", {})
@@ -30,8 +43,12 @@ def make_engine(url: str, *, schema: str | None = None, **kwargs: Any) -> Engine
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         connect_args.setdefault("timeout", 30)
         connect_args.setdefault("check_same_thread", False)
-    elif schema is not None:
-        connect_args["options"] = f"-csearch_path={schema}"
+    else:
+        kwargs.setdefault("pool_pre_ping", True)
+        if parsed.get_backend_name() == "postgresql":
+            connect_args.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+        if schema is not None:
+            connect_args["options"] = f"-csearch_path={schema}"
     engine = create_engine(parsed, connect_args=connect_args, **kwargs)
     if parsed.get_backend_name() == "sqlite":
 

@@ -19,7 +19,9 @@ A poll, in order (each model in turn, in the poll thread; requests never wait fo
 
 1. the complete version directories are listed (``saved_model.pb``, plus the manifest for routed
    models; staging names like ``.tmp-3`` are not versions) and the routing file read (a damaged
-   one keeps the last good routing); a version whose directory vanished is unloaded;
+   one keeps the last good routing); a version whose directory vanished is unloaded, but a base
+   path that cannot be listed at all (moved away, an unmounted share) changes nothing: the loaded
+   versions serve on, and the error is logged, until it is readable again;
 2. the *target* is computed: the versions wanted now (and, for routed models, the routing);
 3. wanted versions not yet loaded are loaded and warmed, one at a time (peak memory: one version
    more than what serves), without holding the lock requests take;
@@ -419,6 +421,8 @@ class ModelManager:
         model = self._models[name]
         served = model.served
         on_disk = self._scan(model)
+        if on_disk is None:
+            return  # the base path cannot be read now: what serves keeps serving until it can
         routing = self._read_routing(model) if served.routed else None
 
         with self._lock:
@@ -460,16 +464,34 @@ class ModelManager:
             )
         self._unload(name, unwanted)
 
-    def _scan(self, model: _Model) -> dict[int, tuple[Path, Fingerprint]]:
-        """The complete version directories under the base path, with their fingerprints."""
+    def _scan(self, model: _Model) -> dict[int, tuple[Path, Fingerprint]] | None:
+        """The complete version directories under the base path, with their fingerprints.
+
+        None when the base path cannot be listed while versions are loaded: a repository that is
+        unreadable for a while (an unmounted share, a directory moved away and back) is not one
+        whose versions were deleted, and unloading them would fail every request until it is back.
+        """
         base = Path(model.served.base_path)
         try:
             names = [entry.name for entry in base.iterdir()]
         except OSError as exc:
+            with self._lock:
+                serving = sorted(v for v, e in model.versions.items() if e.state == AVAILABLE)
             if not model.missing_logged:
-                log.warning("model '%s': cannot list %s (%s); no versions yet", model.served.name, base, exc)
+                if serving:
+                    log.error(
+                        "model '%s': cannot list %s (%s); version(s) %s keep serving until it is readable again",
+                        model.served.name,
+                        base,
+                        exc,
+                        ", ".join(map(str, serving)),
+                    )
+                else:
+                    log.warning("model '%s': cannot list %s (%s); no versions yet", model.served.name, base, exc)
                 model.missing_logged = True
-            return {}
+            return None if serving else {}
+        if model.missing_logged:
+            log.info("model '%s': %s is readable again", model.served.name, base)
         model.missing_logged = False
         found = {}
         for entry_name in names:

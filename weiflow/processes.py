@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 __all__ = [
+    "HTTP_PROTOCOL",
     "ServerNotReady",
     "die_with_parent",
     "dying_with_parent",
@@ -46,6 +47,9 @@ __all__ = [
     "stop_groups",
 ]
 
+# uvicorn's HTTP protocol with a deadline on each request's head (weiflow.httpserver): by import string, so
+# each worker imports it and this module stays free of uvicorn. serve_workers uses it unless told otherwise.
+HTTP_PROTOCOL = "weiflow.httpserver:HeadTimeoutProtocol"
 WORKERS_STOP_GRACE_S = 10.0  # how long serve_workers gives its workers to finish the requests in flight
 
 _PR_SET_PDEATHSIG = 1
@@ -204,7 +208,7 @@ def serve_workers(
     """
     import uvicorn
 
-    options = dict(options or {})
+    options = {"http": HTTP_PROTOCOL, **(options or {})}
     if workers == 1:
         uvicorn.Server(uvicorn.Config(app, factory=True, host=host, port=port, **options)).run()
         return 0

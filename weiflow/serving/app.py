@@ -12,7 +12,7 @@ Routes (TensorFlow Serving's, https://www.tensorflow.org/tfx/serving/api_rest, p
 - ``GET /monitoring/prometheus/metrics``.
 
 Errors are TensorFlow Serving's ``{"error": "..."}`` with its HTTP codes (400 bad request, 404
-unknown model or version, 413 body too large, 429 batching queue full, 500 the model failed).
+unknown model or version, 408 body too slow, 413 body too large, 429 batching queue full, 500 the model failed).
 Every answer from a model names the version in the body (``:score``) and in ``X-Model-Version``.
 
 The server is Starlette on uvicorn, without FastAPI: the request bodies are TensorFlow Serving's
@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -52,6 +53,10 @@ __all__ = ["MAX_SCORE_ROWS", "PredictionService", "create_app"]
 
 log = logging.getLogger("weiflow.serving")
 
+# A request body must have arrived this long after its head (WEIFLOW_SERVE_BODY_TIMEOUT_S): a client trickling
+# one byte a second otherwise holds its coroutine and its connection for ever (uvicorn bounds neither).
+BODY_TIMEOUT_ENV = "WEIFLOW_SERVE_BODY_TIMEOUT_S"
+BODY_TIMEOUT_S = 30.0
 MAX_SCORE_ROWS = 10_000  # rows in one :score request; larger lists are a client's bug, not a batch
 # /v1/models/NAME[/versions/N|/labels/L][/metadata|:VERB]
 _MODEL_PATH = re.compile(
@@ -85,10 +90,14 @@ class PredictionService:
         batching: BatchingParameters | None = None,
         max_request_bytes: int = 64 * 1024 * 1024,
         metrics: ServingMetrics | None = None,
+        body_timeout_s: float | None = None,
     ) -> None:
         self.manager = manager
         self.batching = batching
         self.max_request_bytes = max_request_bytes
+        if body_timeout_s is None:
+            body_timeout_s = float(os.environ.get(BODY_TIMEOUT_ENV) or BODY_TIMEOUT_S)
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics or ServingMetrics()
         self._batchers: dict[tuple[str, int, str], tuple[Servable, Batcher]] = {}
 
@@ -213,6 +222,9 @@ class PredictionService:
         except Exception as exc:  # never die of a request: answer 500 and log the cause
             log.exception("%s %s failed", api, model)
             response = _error(500, f"{type(exc).__name__}: {exc}")
+        if response.status_code in (408, 413):
+            # The rest of the body was not read: the connection cannot carry another request; uvicorn closes it.
+            response.headers["Connection"] = "close"
         # Only models the service knows name a series: any client could otherwise add one per made-up name.
         label = model if self.manager.known(model) else "_unknown"
         try:
@@ -234,11 +246,15 @@ class PredictionService:
         if declared is not None and declared.isdigit() and int(declared) > self.max_request_bytes:
             raise _Refused(413, f"request body of {declared} bytes exceeds {self.max_request_bytes}")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_request_bytes:
-                raise _Refused(413, f"request body exceeds {self.max_request_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_request_bytes:
+                        raise _Refused(413, f"request body exceeds {self.max_request_bytes} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _Refused(408, f"request body not received within {self.body_timeout_s:g} s") from None
         return b"".join(chunks)
 
     async def _predict(

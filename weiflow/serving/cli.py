@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from weiflow.config import Settings
-from weiflow.processes import free_port, serve_workers
+from weiflow.processes import HTTP_PROTOCOL, free_port, serve_workers
 from weiflow.serving.config import ServerOptions, parse_server_options
 
 __all__ = ["app_from_env", "build_service", "main"]
@@ -29,6 +29,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "limit_concurrency": 2000,
     "timeout_keep_alive": 30,  # clients of a prediction service keep their connections; reconnecting costs latency
     "proxy_headers": False,
+    "http": HTTP_PROTOCOL,  # a request head has a deadline: trickled or absent headers do not hold a connection
 }
 
 

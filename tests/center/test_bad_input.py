@@ -10,9 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +23,7 @@ from sqlalchemy import func, inspect, select
 
 from tests.center.conftest import PASSWORD
 from tests.center.servers import database_url, running_center
+from tests.slow_clients import assert_408_and_closed, trickling
 from weiflow.center.console import LOGIN_COOKIE, csrf_token
 from weiflow.center.db import make_engine, make_sessionmaker
 from weiflow.center.models import Dataset, Role, Run
@@ -188,41 +186,13 @@ def test_hostile_filters_and_ids_are_refused_or_match_nothing(center: Center, va
 @pytest.mark.parametrize("head", [b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nX-Slow: ", b""], ids=["head", "silent"])
 def test_slow_heads_get_408_and_hold_nothing(center: Center, head: bytes) -> None:
     port = int(center.url.rsplit(":", 1)[1])
-    slow = []
-    for _ in range(10):
-        client = socket.create_connection(("127.0.0.1", port))
-        client.sendall(head)
-        slow.append(client)
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.is_set():
-            for client in slow:
-                with contextlib.suppress(OSError):
-                    client.send(b"x" if head else b"")
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    try:
+    with trickling(port, head, count=10, byte=b"x") as slow:
         for _ in range(3):
             started = time.monotonic()
             assert center.get("/api/v1/me").status_code == 200
             assert time.monotonic() - started < 1.0
         time.sleep(TIMEOUT_S + 1.0)
-        stop.set()
-        thread.join()
-        for client in slow:
-            client.settimeout(5)
-            assert client.recv(200).startswith(b"HTTP/1.1 408")
-            with contextlib.suppress(ConnectionResetError):
-                while client.recv(4096):  # to the end: a timeout here is a connection left open
-                    pass
-    finally:
-        stop.set()
-        thread.join()
-        for client in slow:
-            client.close()
+        assert_408_and_closed(slow)
 
 
 @pytest.mark.reliability(

@@ -294,6 +294,12 @@ def test_limits_answer_413_and_long_errors_are_cut_with_a_pointer_to_the_run_log
     assert len(error) < 9_000 and f"runs/long_{tag}/r1.jsonl" in error and error.startswith("EEEE")
 
 
+@pytest.mark.reliability(
+    area="input",
+    component="center API and console",
+    fault="slow clients: bodies trickled a byte at a time",
+    proves="408 once the body deadline passes; other requests answered within 1 s meanwhile",
+)
 def test_slow_clients_time_out_and_never_hold_the_server(center: Center) -> None:
     port = int(center.url.rsplit(":", 1)[1])
     slow: list[socket.socket] = []

@@ -7,8 +7,6 @@ Injection and traversal strings in every path part (model name, version, label, 
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ import pytest
 import uvicorn
 
 from tests.serving.test_app import OneModel, StandIn
+from tests.slow_clients import assert_408_and_closed, trickling
 from weiflow.httpserver import HEAD_TIMEOUT_ENV
 from weiflow.processes import HTTP_PROTOCOL, free_port
 from weiflow.serving.app import PredictionService, create_app
@@ -130,20 +129,6 @@ def test_hostile_names_versions_and_labels_are_4xx(server: str, value: str) -> N
         assert ok.status_code == 200 and ok.json() == {"predictions": [2.0]}
 
 
-def trickler(port: str, head: bytes) -> socket.socket:
-    client = socket.create_connection(("127.0.0.1", int(port.rsplit(":", 1)[1])))
-    client.sendall(head)
-    return client
-
-
-def answer_of(client: socket.socket) -> bytes:
-    client.settimeout(5)
-    try:
-        return client.recv(200).split(b"\r\n", 1)[0]
-    except OSError as exc:
-        return repr(exc).encode()
-
-
 @pytest.mark.reliability(
     area="input",
     component="prediction service",
@@ -161,39 +146,14 @@ def answer_of(client: socket.socket) -> bytes:
     ids=["body", "head", "silent"],
 )
 def test_slow_clients_get_408_and_hold_nothing(server: str, head: bytes) -> None:
-    slow = [trickler(server, head) for _ in range(5)]
-    stop = threading.Event()
-
-    def trickle() -> None:
-        while not stop.is_set():
-            for client in slow:
-                with contextlib.suppress(OSError):  # closed by the server: what the test waits for
-                    client.send(b" " if head else b"")
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=trickle, daemon=True)
-    thread.start()
-    try:
-        with httpx.Client(base_url=server, timeout=5) as http:
-            for _ in range(3):
-                started = time.monotonic()
-                assert http.post("/v1/models/m:predict", json={"instances": [1.0]}).status_code == 200
-                assert time.monotonic() - started < 0.5
+    port = int(server.rsplit(":", 1)[1])
+    with trickling(port, head, count=5) as slow, httpx.Client(base_url=server, timeout=5) as http:
+        for _ in range(3):
+            started = time.monotonic()
+            assert http.post("/v1/models/m:predict", json={"instances": [1.0]}).status_code == 200
+            assert time.monotonic() - started < 0.5
         time.sleep(TIMEOUT_S + 0.5)
-        stop.set()
-        thread.join()
-        answers = [answer_of(client) for client in slow]
-        assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers
-        for client in slow:  # and closed: the rest reads to the end (a timeout here is a connection left open)
-            client.settimeout(2)
-            with contextlib.suppress(ConnectionResetError):
-                while client.recv(4096):
-                    pass
-    finally:
-        stop.set()
-        thread.join()
-        for client in slow:
-            client.close()
+        assert_408_and_closed(slow)
 
 
 def test_a_kept_alive_connection_idles_past_the_head_deadline_and_serves_the_next_request(server: str) -> None:

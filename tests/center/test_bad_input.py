@@ -245,3 +245,36 @@ def test_secrets_are_in_no_answer_and_no_log_line(center: Center) -> None:
         assert secret not in log, f"a secret in the server's log: {center.log}"
         for body in bodies + center.answers:
             assert secret not in body
+
+
+MALFORMED = [
+    ("POST", "/api/v1/events", b"[" * 100_000),
+    ("POST", "/api/v1/events", b"{" * 100_000),
+    ("POST", "/api/v1/events", b"\xff\xfe\x00"),
+    ("POST", "/api/v1/events", b'[{"kind": "run.started", "run_id": "' + b"r" * 100_000 + b'"}]'),
+    ("POST", "/api/v1/events", b'[{"kind": "run.started", "detail": ' + b"[" * 5_000 + b"]" * 5_000 + b"}]"),
+    ("POST", "/api/v1/events", b"null"),
+    ("POST", "/api/v1/models/feed/promote", b"{"),
+    ("POST", "/api/v1/models/feed/promote", b'{"traffic": "1e999"}'),
+    ("POST", "/api/v1/models/feed/promote", b'{"traffic": 10, "version": -1}'),
+    ("POST", "/api/v1/models/feed/promote", b"[" * 100_000),
+    ("POST", "/api/v1/datasets/1/pin", b"x" * 100_000),
+]
+
+
+@pytest.mark.reliability(
+    area="input",
+    component="center API and console",
+    fault="malformed bodies: broken or deeply nested JSON, bad bytes, huge fields",
+    proves="4xx naming the problem (or the event rejected in a 200), never a 5xx; the runs and datasets intact",
+)
+@pytest.mark.parametrize(("method", "url", "body"), MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_bodies_are_4xx(center: Center, method: str, url: str, body: bytes) -> None:
+    before = center.counts()
+    headers = {**center.auth, "Content-Type": "application/json"}
+    answer = httpx.request(method, center.url + url, content=body, headers=headers, timeout=10)
+    center.answers.append(answer.text)
+    assert answer.status_code < 500, (answer.status_code, answer.text[:200])
+    if answer.status_code == 200 and url.endswith("/events"):
+        assert answer.json()["applied"] == 0, answer.text[:300]
+    assert center.counts() == before

@@ -163,3 +163,32 @@ def test_a_kept_alive_connection_idles_past_the_head_deadline_and_serves_the_nex
         assert http.post("/v1/models/m:predict", json={"instances": [1.0]}).status_code == 200
         time.sleep(TIMEOUT_S + 0.5)
         assert http.post("/v1/models/m:predict", json={"instances": [2.0]}).json() == {"predictions": [4.0]}
+
+
+# (NaN and Infinity are TensorFlow Serving's JSON, accepted; a signature name is the servable's to check.)
+MALFORMED = [
+    b"{",
+    b"[" * 100_000,
+    b'{"instances": ' + b"[" * 5_000 + b"1" + b"]" * 5_000 + b"}",
+    b"\xff\xfe\x00\x00",
+    b'{"instances": "x"}',
+    b'{"instances": [{"x": {"b64": "!!!"}}]}',
+    b'{"instances": [], "inputs": []}',
+    b'{"instances": [{"age": "' + b"9" * 100_000 + b'"}], "key": 7}',
+    b"null",
+]
+
+
+@pytest.mark.reliability(
+    area="input",
+    component="prediction service",
+    fault="malformed bodies: broken or deeply nested JSON, bad bytes, wrong shapes and types",
+    proves="400 with TensorFlow Serving's error body, never a 5xx; the service answers on",
+)
+@pytest.mark.parametrize("body", MALFORMED, ids=range(len(MALFORMED)))
+def test_malformed_bodies_are_400(server: str, body: bytes) -> None:
+    with httpx.Client(base_url=server, timeout=10) as http:
+        for verb in ("predict", "score"):
+            answer = http.post(f"/v1/models/m:{verb}", content=body, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 400 and set(answer.json()) == {"error"}, (verb, answer.text[:200])
+        assert http.post("/v1/models/m:predict", json={"instances": [1.0]}).status_code == 200

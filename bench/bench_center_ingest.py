@@ -8,12 +8,16 @@ and, with an owner's token:
 2. posts 8 such batches at once while a probe asks ``GET /api/v1/me`` every 50 ms: the probe's
    latencies (issue 11 measured this stalling for 15 s before ingestion was bounded per worker);
 3. opens 20 connections that trickle an event body a byte at a time while the probe runs: its
-   latencies, and whether each trickler got 408 once the body timeout passed.
+   latencies, and whether each trickler got 408 once the body timeout passed;
+4. 20 runs report at once, each its own stream of batches (as 20 spools would), while a reader
+   lists runs (``GET /api/v1/runs``) every 50 ms: nothing lost (every event posted is ingested
+   once, every module of every run stored) and the list's latencies (issue 15).
 
-Targets: the probe's p99 under 100 ms and its worst under 1 s, in 2 and 3, on SQLite and on
+Targets: the probe's p99 under 100 ms and its worst under 1 s, in 2, 3 and 4, on SQLite and on
 PostgreSQL (127.0.0.1:5432, database test, a schema of its own, dropped after).
 
     .venv/bin/python bench/bench_center_ingest.py [--batches 6] [--backends sqlite,postgres] [--quick]
+        [--report docs/reliability.md]   (appends phase 4's figures to the fault matrix)
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -67,17 +72,17 @@ def post(base: str, token: str, body: bytes) -> tuple[int, dict[str, object]]:
 
 
 class Probe:
-    """``GET /api/v1/me`` every 50 ms in a thread, keeping each latency."""
+    """``GET path`` (``/api/v1/me`` by default) every 50 ms in a thread, keeping each latency."""
 
-    def __init__(self, base: str, token: str) -> None:
-        self.base, self.token = base, token
+    def __init__(self, base: str, token: str, path: str = "/api/v1/me") -> None:
+        self.base, self.token, self.path = base, token, path
         self.latencies: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            request = urllib.request.Request(f"{self.base}/api/v1/me")
+            request = urllib.request.Request(f"{self.base}{self.path}")
             request.add_header("Authorization", f"Bearer {self.token}")
             started = time.perf_counter()
             with urllib.request.urlopen(request, timeout=60) as answer:
@@ -111,9 +116,75 @@ def bench(backend: str, args: argparse.Namespace) -> list[str]:
             token = create_token(session, "bench")
         process, base = serve(url, schema, args.workers)
         try:
-            return measure(backend, base, token, args)
+            verdicts = measure(backend, base, token, args)
+            return verdicts + concurrent_runs(backend, base, token, make_sessionmaker(engine), args)
         finally:
             stop_groups([process], 10)
+
+
+RUNS, RUN_BATCHES, RUN_BATCH = 20, 5, 100
+
+
+def run_batches(run: str) -> list[bytes]:
+    """One run's events as its spool would post them: RUN_BATCHES batches of RUN_BATCH, a module per event."""
+    bodies = []
+    for b in range(RUN_BATCHES):
+        events = [Event(EventKind.RUN_STARTED, run, "bench", detail={"owner": "bench"})] if b == 0 else []
+        events += [
+            Event(EventKind.MODULE_STARTED, run, "bench", node=f"n{b}", module=f"m{b}_{i}")
+            for i in range(RUN_BATCH - len(events))
+        ]
+        bodies.append(("[" + ",".join(e.to_json() for e in events) + "]").encode())
+    return bodies
+
+
+def concurrent_runs(backend: str, base: str, token: str, sessions: Any, args: argparse.Namespace) -> list[str]:
+    """Phase 4: RUNS runs report at once while the run list is read; then count what was stored."""
+    from sqlalchemy import func, select
+
+    from weiflow.center.models import IngestedEvent, ModuleRun, NodeRun, Run
+
+    failures: list[str] = []
+
+    def report(run: str) -> None:
+        for body in run_batches(run):
+            status, answer = post(base, token, body)
+            if status != 200 or answer.get("applied") != RUN_BATCH:
+                failures.append(f"{run}: {status} {answer}")
+
+    names = [f"conc{i:02d}" for i in range(RUNS)]
+    with Probe(base, token, "/api/v1/runs?limit=50") as lists:
+        reporters = [threading.Thread(target=report, args=(name,)) for name in names]
+        for reporter in reporters:
+            reporter.start()
+        for reporter in reporters:
+            reporter.join()
+    with sessions() as session:
+        stored_runs = session.scalar(select(func.count()).select_from(Run).where(Run.run_id.in_(names)))
+        modules = session.scalar(
+            select(func.count())
+            .select_from(ModuleRun)
+            .join(NodeRun, ModuleRun.node_run_id == NodeRun.id)
+            .join(Run, NodeRun.run_pk == Run.id)
+            .where(Run.run_id.in_(names))
+        )
+        events = session.scalar(select(func.count()).select_from(IngestedEvent))
+    posted = RUNS * RUN_BATCHES * RUN_BATCH
+    expected_modules = RUNS * (RUN_BATCHES * RUN_BATCH - 1)  # the first batch holds the run.started
+    lost = failures or stored_runs != RUNS or modules != expected_modules
+    print(
+        f"[{backend}] {RUNS} runs at once, {posted:,} events: {stored_runs} runs and {modules:,} modules stored "
+        f"(of {expected_modules:,}), {events:,} events ingested in all; GET /api/v1/runs {lists.summary()}",
+        flush=True,
+    )
+    p99, worst = pct(lists.latencies, 0.99), max(lists.latencies)
+    ok = not lost and p99 < args.target_p99_ms and worst < args.target_max_ms
+    return [
+        f"{backend}: {RUNS} runs reporting at once ({posted:,} events): "
+        f"{'nothing lost' if not lost else 'LOST: ' + '; '.join(failures[:3])}; "
+        f"GET /api/v1/runs p99 {p99:.1f} ms, max {worst:.0f} ms "
+        f"(target < {args.target_p99_ms:g} ms, < {args.target_max_ms:g} ms) {'OK' if ok else 'MISSED'}"
+    ]
 
 
 def measure(backend: str, base: str, token: str, args: argparse.Namespace) -> list[str]:
@@ -182,6 +253,7 @@ def main() -> None:
     parser.add_argument("--target-p99-ms", type=float, default=100.0)
     parser.add_argument("--target-max-ms", type=float, default=1000.0)
     parser.add_argument("--quick", action="store_true", help="2 sequential batches")
+    parser.add_argument("--report", type=Path, help="append the concurrent runs' figures to this markdown file")
     args, unknown = parser.parse_known_args()
     if unknown:
         print(f"bench_center_ingest: ignoring options for other benches: {' '.join(unknown)}", file=sys.stderr)
@@ -196,6 +268,16 @@ def main() -> None:
     print(f"load average {load_avg}; {os.cpu_count()} CPUs")
     for line in verdicts:
         print(line)
+    if args.report:
+        lines = [line for line in verdicts if "runs reporting at once" in line]
+        with args.report.open("a") as out:
+            out.write(
+                "\n## Load: 20 runs reporting to the center at once (bench/bench_center_ingest.py)\n\n"
+                + "".join(f"- {line}\n" for line in lines)
+                + f"- load average {load_avg}; {os.cpu_count()} CPUs\n"
+            )
+    if any(line.endswith("MISSED") for line in verdicts):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

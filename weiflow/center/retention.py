@@ -9,10 +9,11 @@ Never deleted, whatever the policy: pinned data, data a queued or running run re
 writes (or that such a run produced), and the files behind a deployed model version. These
 checks sit inside the ``UPDATE`` that claims a dataset for deletion, so a pin or a run that
 committed first always wins, and two sweeps at once cannot both claim one dataset: the state
-moves ``pending-deletion -> deleting`` for exactly one of them. A sweep that dies after
-claiming leaves ``deleting`` with ``claimed_at``; after ``lease`` a later sweep takes it over
-(deleting files already gone is a no-op). A dataset read during its grace period goes back to
-``live``.
+moves ``pending-deletion -> deleting`` for exactly one of them (each sweep first locks the rows
+it will change, in id order, skipping those another one holds: sweeps never deadlock). A sweep
+that dies after claiming leaves ``deleting`` with ``claimed_at``; after ``lease`` a later sweep
+takes it over (deleting files already gone is a no-op). A dataset read during its grace period
+goes back to ``live``.
 
 Whatever the database says, files are deleted only strictly inside the configured storage
 roots (:class:`RootedDeleter`, checked on the real path at the moment of deletion): a forged or
@@ -255,7 +256,9 @@ def sweep(
     )
     with sessions() as session:
         # 1. A dataset someone read after it was marked is evidently still wanted.
-        for dataset_id, uri in session.execute(select(Dataset.id, Dataset.uri).where(read_in_grace)).all():
+        # In id order: concurrent sweeps then lock these rows in one order and never deadlock.
+        unmark = select(Dataset.id, Dataset.uri).where(read_in_grace).order_by(Dataset.id)
+        for dataset_id, uri in session.execute(unmark).all():
             report.unmarked.append({"id": dataset_id, "uri": uri, "reason": "read during the grace period"})
             if not dry_run:
                 done = session.execute(
@@ -290,6 +293,7 @@ def sweep(
             if dry_run:
                 report.marked.extend({"id": i, "uri": uris.get(i), "reason": reasons[i]} for i in wanted)
                 continue
+            wanted = _lock(session, wanted, and_(Dataset.state == DatasetState.LIVE, Dataset.pinned.is_(False)))
             if not wanted:
                 continue
             moved = session.scalars(
@@ -331,7 +335,7 @@ def sweep(
             by_id: dict[int, tuple[str, str | None]] = {i: (uri, reason) for i, uri, reason in chunk_rows}
             claimed = session.scalars(
                 update(Dataset)
-                .where(Dataset.id.in_(list(by_id)), due, ~protected_clause())
+                .where(Dataset.id.in_(_lock(session, list(by_id), due)), due, ~protected_clause())
                 .values(state=DatasetState.DELETING, claimed_at=now)
                 .returning(Dataset.id)
                 .execution_options(synchronize_session=False)
@@ -429,6 +433,19 @@ class PeriodicSweeper:
             except Exception:
                 log.exception("scheduled model mirror failed; the next one runs in %s", self.every)
             self.sweeps += 1
+
+
+def _lock(session: Session, ids: Sequence[int], condition: ColumnElement[bool]) -> list[int]:
+    """Lock the rows of ``ids`` still matching ``condition``, in id order, skipping rows another transaction holds.
+
+    Two sweeps' multi-row UPDATEs lock rows in whatever order each plan visits them, so on
+    PostgreSQL they deadlocked (one sweep failed). Taken first, in one order and without waiting,
+    the locks leave the UPDATE only rows this transaction holds; a row skipped here belongs to
+    another sweep (or a pin in flight) and is its business. The UPDATE still checks everything
+    itself. SQLite has no row locks (its writers take turns): there this is a plain SELECT.
+    """
+    query = select(Dataset.id).where(Dataset.id.in_(ids), condition).order_by(Dataset.id)
+    return list(session.scalars(query.with_for_update(skip_locked=True)))
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:

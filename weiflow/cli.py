@@ -61,7 +61,9 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
     errors = warnings = 0
     report: list[dict[str, object]] = []
     for path in files:
-        diagnostics = check_file(path, registry, max_bytes=settings.max_spec_bytes)
+        diagnostics = check_file(
+            path, registry, max_bytes=settings.max_spec_bytes, allowed_callables=settings.allowed_callables
+        )
         for diagnostic in diagnostics:
             if args.format == "json":
                 report.append(
@@ -90,7 +92,9 @@ def _cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _compile(path: str, settings: Settings) -> Dag:
-    dag = compile_file(path, default_registry(), max_bytes=settings.max_spec_bytes)
+    dag = compile_file(
+        path, default_registry(), max_bytes=settings.max_spec_bytes, allowed_callables=settings.allowed_callables
+    )
     for warning in dag.warnings:
         print(warning, file=sys.stderr)
     return dag

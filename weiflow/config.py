@@ -18,12 +18,17 @@ center_url        WEIFLOW_CENTER_URL        none: runs report to the run log onl
 center_token      WEIFLOW_CENTER_TOKEN      none (the center's API token for the runtime)
 airflow_url       WEIFLOW_AIRFLOW_URL       none: the console links to no Airflow run
                                             (Airflow's UI, e.g. ``http://127.0.0.1:8080``)
+allowed_callables WEIFLOW_ALLOWED_CALLABLES none: any module. Else the only packages or
+                                            modules a spec's ``callable=`` may name (a list
+                                            in the file, comma-separated in the variable);
+                                            any other is a validation error
 ================  ========================  ============================================
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +51,7 @@ _KEYS = (
     "center_url",
     "center_token",
     "airflow_url",
+    "allowed_callables",
 )
 _ROOTS_EXAMPLE = 'storage_roots = ["file:///data/weiflow", "s3://bucket/weiflow"]'
 
@@ -63,6 +69,8 @@ class Settings:
     storage_roots: tuple[str, ...] = ()
     # Airflow's UI, for the console's links back to a run (none: no links).
     airflow_url: str | None = None
+    # The packages or modules a spec's callable= may name; empty: any (an operator's allow-list).
+    allowed_callables: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Datasets live under ``storage`` by default: however Settings was built, it is a root.
@@ -161,7 +169,31 @@ def load_settings(env: Mapping[str, str] | None = None, cwd: Path | None = None)
         center_token=text("center_token"),
         storage_roots=storage_roots,
         airflow_url=airflow_url.rstrip("/") if airflow_url else None,
+        allowed_callables=_allowed_callables(raw.get("allowed_callables"), env, path),
     )
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _allowed_callables(value: object, env: Mapping[str, str], path: Path | None) -> tuple[str, ...]:
+    """The allow-list of modules for callables: dotted module names, from the file's list or the variable's commas."""
+    source = "WEIFLOW_ALLOWED_CALLABLES" if env.get("WEIFLOW_ALLOWED_CALLABLES") else str(path or "environment")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise ConfigError(f"{source}: 'allowed_callables' must be a list of module names, got {value!r}")
+    for item in items:
+        if not _MODULE_NAME.fullmatch(item):
+            raise ConfigError(
+                f"{source}: 'allowed_callables' entry {item!r} is not a module name (write e.g. "
+                'allowed_callables = ["team_steps", "mycompany.ranking"])'
+            )
+    return tuple(dict.fromkeys(items))
 
 
 def _storage_roots(value: object, source: str, base: Path, storage: str) -> tuple[str, ...]:

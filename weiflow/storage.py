@@ -363,6 +363,22 @@ class StorageRoots:
             return None
         return f"outside every {protocol} storage root"
 
+    def link_escape(self, uri: str) -> str | None:
+        """Why a local ``uri`` that names a place inside a root really lies outside every root, or None.
+
+        A path under a root whose real path is elsewhere goes through a symbolic link that leads out:
+        refused like a '..' segment. Paths outside every root to begin with (external data at
+        /data/raw) and other protocols (which have no links) are not this check's business.
+        """
+        protocol, path = _split(uri)
+        if protocol != "file" or not PurePosixPath(path).is_absolute():
+            return None
+        named = os.path.normpath(path)
+        if not any(named == root or _strictly_inside(named, root) for root in self.local):
+            return None
+        outside = self.outside(uri)
+        return f"a symbolic link on its way leads {outside}" if outside else None
+
 
 class RootedDeleter:
     """Deletes a dataset's files only when they lie strictly inside one of ``roots`` (the ``storage_roots`` setting).

@@ -114,7 +114,9 @@ def report_started(dag_run: DagRun, dag: Any, *, queued: bool = False) -> bool:
     if spec is None:
         return False
     settings = _settings(spec)
-    compiled = compile_file(spec, default_registry(), max_bytes=settings.max_spec_bytes)
+    compiled = compile_file(
+        spec, default_registry(), max_bytes=settings.max_spec_bytes, allowed_callables=settings.allowed_callables
+    )
     tracker, _ = run_tracker(settings, compiled.name, dag_run.run_id, background=True)
     run = RunContext.create(
         compiled,

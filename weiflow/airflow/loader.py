@@ -54,7 +54,9 @@ def spec_files(location: str | Path) -> list[Path]:
 def load_dag(path: str | Path, *, operator: NodeOperatorFactory) -> DAG:
     """Compile one spec and build its DAG; raises :class:`~weiflow.errors.WeiflowError` when it cannot."""
     settings = load_settings()
-    compiled = compile_file(path, default_registry(), max_bytes=settings.max_spec_bytes)
+    compiled = compile_file(
+        path, default_registry(), max_bytes=settings.max_spec_bytes, allowed_callables=settings.allowed_callables
+    )
     for warning in compiled.warnings:
         log.warning("%s", warning)
     return build_dag(compiled, operator=operator, spec_path=path)

@@ -8,7 +8,7 @@ every problem.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,30 +136,46 @@ class Dag:
 
 
 def check_file(
-    path: str | Path, registry: Registry | None = None, *, max_bytes: int = DEFAULT_MAX_SPEC_BYTES
+    path: str | Path,
+    registry: Registry | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_SPEC_BYTES,
+    allowed_callables: Sequence[str] = (),
 ) -> list[Diagnostic]:
     """Every problem in one spec file (errors and warnings), in file order."""
     try:
-        return list(compile_file(path, registry, max_bytes=max_bytes).warnings)
+        return list(compile_file(path, registry, max_bytes=max_bytes, allowed_callables=allowed_callables).warnings)
     except SpecError as exc:
         return list(exc.diagnostics)
 
 
-def compile_file(path: str | Path, registry: Registry | None = None, *, max_bytes: int = DEFAULT_MAX_SPEC_BYTES) -> Dag:
+def compile_file(
+    path: str | Path,
+    registry: Registry | None = None,
+    *,
+    max_bytes: int = DEFAULT_MAX_SPEC_BYTES,
+    allowed_callables: Sequence[str] = (),
+) -> Dag:
     """Parse, check and compile one spec; raises :class:`SpecError` listing every problem.
 
-    Warnings alone do not fail compilation; they are kept on ``Dag.warnings``.
+    Warnings alone do not fail compilation; they are kept on ``Dag.warnings``. ``allowed_callables``
+    (the operator's ``allowed_callables`` setting): when not empty, the only packages or modules a
+    ``callable=`` may name.
     """
     spec, diagnostics = parse_spec(path, max_bytes=max_bytes)
     if spec is None:
         raise SpecError(diagnostics)
-    return compile_spec(spec, registry, diagnostics)
+    return compile_spec(spec, registry, diagnostics, allowed_callables=allowed_callables)
 
 
 def compile_spec(
-    spec: PipelineSpec, registry: Registry | None = None, diagnostics: list[Diagnostic] | None = None
+    spec: PipelineSpec,
+    registry: Registry | None = None,
+    diagnostics: list[Diagnostic] | None = None,
+    *,
+    allowed_callables: Sequence[str] = (),
 ) -> Dag:
-    compiler = _Compiler(spec, registry or default_registry())
+    compiler = _Compiler(spec, registry or default_registry(), tuple(allowed_callables))
     compiler.report.diagnostics.extend(diagnostics or [])
     dag = compiler.run()
     if compiler.report.has_errors or dag is None:
@@ -169,9 +185,10 @@ def compile_spec(
 
 
 class _Compiler:
-    def __init__(self, spec: PipelineSpec, registry: Registry) -> None:
+    def __init__(self, spec: PipelineSpec, registry: Registry, allowed_callables: tuple[str, ...] = ()) -> None:
         self.spec = spec
         self.registry = registry
+        self.allowed_callables = allowed_callables
         self.report = Reporter(spec.file)
         self.param_names = {p.name for p in spec.params if p.name}
         self.dataset_names = {d.name for d in spec.datasets if d.name}
@@ -587,10 +604,20 @@ class _Compiler:
                 self.report.error(attr.pos, f"{where}: {decl.name}: a {decl.kind} name cannot use ${{...}}", hint)
             return None  # typed at run time, once references are resolved
         try:
-            return decl.parse(attr.value)
+            value = decl.parse(attr.value)
         except ValueError as exc:
             self.report.error(attr.pos, f"{where}: {decl.name}: {exc}", decl.help or None)
             return None
+        if decl.kind == "callable" and self.allowed_callables and not _allowed(attr.value, self.allowed_callables):
+            module = attr.value.partition(":")[0]
+            self.report.error(
+                attr.pos,
+                f"{where}: {decl.name}: module '{module}' is not one this installation allows "
+                f"({', '.join(self.allowed_callables)}: the allowed_callables setting)",
+                "put the function in an allowed package, or ask the operator to allow its package",
+            )
+            return None
+        return value
 
     # --- datasets across nodes, and the outer DAG -------------------------------------------
 
@@ -666,6 +693,12 @@ class _Compiler:
 
 # Attribute kinds that decide the DAG's edges or the code that runs: never templated.
 _SHAPE_KINDS = frozenset({"dataset", "datasets", "callable"})
+
+
+def _allowed(target: str, allowed: Sequence[str]) -> bool:
+    """Whether ``package.module:function`` lies in an allowed package or module (a prefix of whole names)."""
+    module = target.partition(":")[0]
+    return any(module == name or module.startswith(name + ".") for name in allowed)
 
 
 def _misspelt(missing: AttrDecl, written: Iterable[str], declared: Iterable[AttrDecl]) -> bool:

@@ -223,7 +223,7 @@ def run_demo(
         # 2. the pipeline
         if not quiet:
             console.print(f"[bold]2/4[/bold] running {spec} (run {run_id}): Spark features, 1 PS + 2 workers, publish")
-        dag = compile_file(spec, max_bytes=settings.max_spec_bytes)
+        dag = compile_file(spec, max_bytes=settings.max_spec_bytes, allowed_callables=settings.allowed_callables)
         log_tracker, log_path = run_tracker(settings, dag.name, run_id)
         progress = _Progress(console, quiet)
         run = RunContext.create(

@@ -15,7 +15,7 @@ from weiflow.errors import ConfigError, ModuleFailed, WeiflowError
 from weiflow.spec import Element, did_you_mean, substitute
 from weiflow.spec.params import parse_param_value
 from weiflow.spec.uris import uri_problem
-from weiflow.storage import dataset_size
+from weiflow.storage import StorageRoots, dataset_size
 from weiflow.tracking import DatasetInfo, Event, EventKind, Tracker
 
 __all__ = ["NodeContext", "ResolvedDataset", "RunContext", "error_text", "new_run_id", "parse_param_overrides"]
@@ -119,9 +119,12 @@ class RunContext:
                 raise ConfigError(f"param '{param.name}' ({origin} value): {exc}") from None
             ctx.params[param.name] = value
             ctx.values[param.name] = _as_text(value)
+        roots = StorageRoots(settings.storage_roots, purpose="a run")
         for dataset in spec.datasets:
             uri = ctx.resolve(dataset.uri)
-            problem = uri_problem(uri)
+            # The rules a literal URI passed at validate time, now on the resolved one; and, on the
+            # storage as it is now, no link under a storage root that leads out of them.
+            problem = uri_problem(uri) or roots.link_escape(uri)
             if problem is not None:
                 pos = dataset.element.pos_of("uri")
                 raise ConfigError(f"{spec.file}:{pos.line}:{pos.col}: dataset '{dataset.name}': uri {problem}")

@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     die_with_parent(signal.SIGTERM)
     try:
         settings = replace(load_settings(), storage=args.storage)
-        dag = compile_file(args.spec, max_bytes=settings.max_spec_bytes)
+        dag = compile_file(args.spec, max_bytes=settings.max_spec_bytes, allowed_callables=settings.allowed_callables)
         if dag.spec.sha256 != args.spec_sha256:
             print(
                 f"weiflow driver: {args.spec} changed since the node was submitted (sha256 {dag.spec.sha256}, "

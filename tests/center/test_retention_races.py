@@ -43,7 +43,7 @@ from weiflow.tracking import DatasetInfo, Event, EventKind
 
 # Rounds per test and database: each round is one interleaving of the race.
 ROUNDS = 1000 if long_run() else 60
-STATEMENTS = 26  # at most this many statements one sweep sends here: a pause point before each
+STATEMENTS = 32  # at most this many statements one sweep sends here: a pause point before each
 DELETER = -1  # the pause point at the claim -> delete boundary, inside the deleter
 SEED = 20261202
 WAIT_S = 0.05  # how long a paused sweep waits for the racing operation (which may wait for the sweep's lock)
@@ -80,7 +80,8 @@ class Pause:
             self.done.wait(WAIT_S)
 
     def statement(self, sql: str) -> None:
-        if sql.lstrip().upper().startswith("UPDATE DATASETS") and "claimed_at" in sql:
+        upper = sql.lstrip().upper()
+        if upper.startswith("UPDATE DATASETS SET STATE") and "CLAIMED_AT" in upper:  # not a lease renewal
             self.claims.append(stamp())
         if self.seen == self.at:
             self.reached()
@@ -437,3 +438,39 @@ def test_a_pin_racing_a_sweep(hooked: Engine, sessions: sessionmaker[Session], t
             pin(rounds, i, uri, pinned=False)
 
     protection_race("pin", engine=hooked, sessions=sessions, tmp_path=tmp_path, protect=pin, release=unpin)
+
+
+@pytest.mark.reliability(
+    area="retention",
+    component="retention sweep",
+    fault="a sweep still deleting a chunk when its lease runs out, and a later sweep taking the chunk over",
+    proves="a dataset still queued in the slow sweep is deleted once, by the sweep that took it over",
+)
+def test_a_slow_sweep_does_not_delete_what_a_later_sweep_took_over(
+    sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    rounds = Rounds(sessions, tmp_path / "storage")
+    first, queued = rounds.write(0, 2)
+    slow, taken_over = threading.Event(), threading.Event()
+
+    def slow_delete(uri: str) -> None:
+        rounds.recorder(uri)
+        if uri == first:
+            slow.set()  # the lease runs out while this one is deleted ...
+            assert taken_over.wait(60)
+
+    def sweep_slowly() -> None:
+        sweep(sessions, now=T0 + timedelta(days=2), grace=timedelta(0), deleter=slow_delete)
+
+    thread = threading.Thread(target=sweep_slowly)
+    thread.start()
+    assert slow.wait(60)
+    # ... and a sweep on a clock past the lease takes over both rows the slow one claimed.
+    later = sweep(sessions, now=T0 + timedelta(days=2, minutes=31), deleter=rounds.recorder)
+    taken_over.set()
+    thread.join(60)
+    assert [d["uri"] for d in later.deleted] == [first, queued]
+    # The one being deleted as the lease ran out goes twice (a lease is a bound on one deletion); the
+    # one still queued in the slow sweep goes once.
+    assert rounds.recorder.calls == Counter({first: 2, queued: 1})
+    assert rounds.state(queued) == DatasetState.DELETED

@@ -12,8 +12,9 @@ committed first always wins, and two sweeps at once cannot both claim one datase
 moves ``pending-deletion -> deleting`` for exactly one of them (each sweep first locks the rows
 it will change, in id order, skipping those another one holds: sweeps never deadlock). A sweep
 that dies after claiming leaves ``deleting`` with ``claimed_at``; after ``lease`` a later sweep
-takes it over (deleting files already gone is a no-op). A dataset read during its grace period
-goes back to ``live``.
+takes it over (deleting files already gone is a no-op). Each dataset's lease is renewed as its
+own deletion starts, so a slow sweep never deletes what a later one took over while it was still
+queued. A dataset read during its grace period goes back to ``live``.
 
 Whatever the database says, files are deleted only strictly inside the configured storage
 roots (:class:`RootedDeleter`, checked on the real path at the moment of deletion): a forged or
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -248,6 +250,7 @@ def sweep(
     elif roots is not None:
         raise TypeError("sweep() takes roots= or a deleter=, not both: a deleter does its own checks")
     now = now or datetime.now(UTC)
+    started = time.monotonic()  # how long this sweep has run: a claim's lease is renewed from ``now`` by it
     report = SweepReport(dry_run)
     read_in_grace = and_(
         Dataset.state == DatasetState.PENDING_DELETION,
@@ -346,6 +349,19 @@ def sweep(
             failed: list[dict[str, Any]] = []
             for dataset_id in sorted(claimed):
                 target, why = by_id[dataset_id]
+                # Renew the lease as this dataset's deletion starts, if the claim is still this sweep's: a chunk
+                # can take longer to delete than the lease, and a later sweep that took over a row still queued
+                # here deletes it itself; deleting it here too would delete it twice.
+                renewed = session.execute(
+                    update(Dataset)
+                    .where(Dataset.id == dataset_id, Dataset.state == DatasetState.DELETING, Dataset.claimed_at == now)
+                    .values(claimed_at=now + timedelta(seconds=time.monotonic() - started))
+                    .execution_options(synchronize_session=False)
+                )
+                session.commit()
+                if not changed(renewed):
+                    log.info("retention: %s was taken over by another sweep after this one's lease ran out", target)
+                    continue
                 try:
                     deleter(target)
                 except Exception as exc:

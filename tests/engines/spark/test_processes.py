@@ -248,3 +248,53 @@ def test_the_same_node_runs_on_a_standalone_cluster(tmp_path: Path, standalone_m
     # The application really ran on the cluster: the worker started an executor for it.
     apps = list((tmp_path / "work").iterdir())
     assert len(apps) == 1 and apps[0].name.startswith("app-")
+
+
+@pytest.mark.reliability(
+    area="kill",
+    component="Spark run-node",
+    fault="SIGTERM to its group mid-write (Airflow's on_kill)",
+    proves="exit 130 and node.failed 'cancelled' in the run log; no dataset looks complete; no process of its group "
+    "left (/proc); the rerun writes it whole (row count)",
+)
+def test_sigterm_to_the_group_mid_write_cancels_cleanly_and_the_rerun_succeeds(tmp_path: Path) -> None:
+    # What the Airflow operator's on_kill does: SIGTERM to run-node's whole group, the JVM included.
+    spec = spec_file(tmp_path, rows=30_000_000)
+    storage = tmp_path / "var" / "storage" / "big"
+    log = tmp_path / "cancelled.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "weiflow", "run-node", str(spec), "--node", "gen", "--run-id", "r1"],
+            env=environment(tmp_path),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not (storage.exists() and any(p.name.startswith(".out.tmp-") for p in storage.iterdir())):
+            assert process.poll() is None, f"the node ended before it started writing:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the node never started writing"
+            time.sleep(0.05)
+        time.sleep(1.0)  # Spark tasks are writing files now
+        os.killpg(process.pid, signal.SIGTERM)
+        # on_kill's grace is 3 s before SIGKILL; run-node is given more here so a slow CI machine does
+        # not turn a clean cancellation into a kill, but it must exit by itself.
+        assert process.wait(timeout=60) == 130, log.read_text()[-3000:]
+        deadline = time.monotonic() + 10  # the JVM got the SIGTERM too and may take a moment to go
+        while group_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert group_members(process.pid) == [], "a process of the cancelled node's group is still alive"
+    finally:
+        if process.poll() is None or group_members(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    events = read_events(run_log_path(tmp_path / "var" / "runs", "big", "r1"))
+    assert [e.error for e in events if e.kind is EventKind.NODE_FAILED] == ["cancelled"]
+    assert not is_complete(f"file://{storage / 'out'}")
+    assert not (storage / "out").exists()
+
+    result = run_node(tmp_path, spec_file(tmp_path, rows=1000))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((storage / "out" / SUCCESS_MARKER).read_text())["rows"] == 1000
+    assert not [p for p in storage.iterdir() if p.name.startswith(".out.tmp-")]  # the cancelled attempt's went too

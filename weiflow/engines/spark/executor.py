@@ -124,11 +124,23 @@ class SparkExecutor(Executor):
         try:
             session.sparkContext.setJobGroup(f"weiflow-{ctx.node.id}", conf["spark.app.name"], interruptOnCancel=True)
             ctx.run_modules(lambda module, inputs: self._run_module(ctx, module, inputs))
-        finally:
+        except BaseException:
             with self._lock:
                 self._session = None
             if existing is None:
-                session.stop()
+                # The node failed or was cancelled: stop the application, but never let stopping replace
+                # the error in flight. SIGTERM to run-node's group (Airflow's on_kill) reaches the JVM too,
+                # so stopping a session whose JVM is gone fails, and a cancellation (exit 130) would turn
+                # into that failure (exit 1).
+                try:
+                    session.stop()
+                except Exception as exc:
+                    print(f"weiflow: stopping the Spark session: {exc}", file=sys.stderr)
+            raise
+        with self._lock:
+            self._session = None
+        if existing is None:
+            session.stop()
 
     def _run_submitted(self, ctx: NodeContext, conf: dict[str, str]) -> None:
         """Run the node as a spark-submit application, relaying its events; see submit.py."""

@@ -9,6 +9,7 @@ imports TensorFlow.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from weiflow.engines.deploy.actions import find_saved_model, publish
 from weiflow.modelrepo import ROUTING_FILE, FileRepository
+from weiflow.tracking import EventKind, read_events, run_log_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]  # TensorFlow loads the model twice (~15 s)
 
@@ -102,3 +104,57 @@ def test_a_publish_killed_mid_copy_leaves_no_version_and_the_rerun_publishes_the
         assert not staging.exists()  # the dead node's leftover went with the rerun's cleanup
     finally:
         shutil.rmtree(root, ignore_errors=True)  # half a gigabyte of copies: free it now, not when pytest prunes
+
+
+@pytest.mark.reliability(
+    area="kill",
+    component="deploy run-node (publish)",
+    fault="SIGTERM to its group mid-copy (Airflow's on_kill)",
+    proves="exit 130, node.failed 'cancelled'; no version appears, the routing file byte-identical, no staging "
+    "left; the rerun publishes the next version",
+)
+def test_a_publish_cancelled_mid_copy_exits_130_leaves_no_version_and_the_rerun_publishes(
+    export: Callable[..., Path], make_spec: Callable[..., Path], isolated_var: Path, tmp_path: Path
+) -> None:
+    root = isolated_var / "storage" / "models"
+    first = find_saved_model(export(), "ctr")
+    publish(str(root), "ctr", first, who="alice", load_check=lambda path: {"ok": True})
+    repo, model_dir = FileRepository(root), root / "ctr"
+    routing_before = (model_dir / ROUTING_FILE).read_bytes()
+
+    dataset = export("good")
+    assets = find_saved_model(dataset, "ctr") / "assets"
+    assets.mkdir(exist_ok=True)
+    for i in range(PADDING_FILES):
+        with (assets / f"padding-{i}.bin").open("wb") as padding:
+            padding.truncate(PADDING_BYTES)
+    spec = make_spec(SPEC.replace("EXPORT", str(dataset)))
+
+    try:
+        log = tmp_path / "cancelled.log"
+        with log.open("wb") as out:
+            argv = [sys.executable, "-m", "weiflow", "run-node", str(spec), "--node", "pub", "--run-id", "r1"]
+            # Its own group, as the Airflow operator starts it: on_kill signals the group.
+            child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            staging = _wait_for_copy(child, model_dir / ".weiflow", log)
+            os.killpg(child.pid, signal.SIGTERM)
+            assert child.wait(timeout=60) == 130, log.read_text()[-3000:]
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        assert repo.versions("ctr") == [1]
+        assert sorted(p.name for p in model_dir.iterdir() if p.name.isdigit()) == ["1"]
+        assert (model_dir / ROUTING_FILE).read_bytes() == routing_before
+        assert not staging.exists(), "a cancelled publish left its staging copy behind"
+        events = read_events(run_log_path(isolated_var / "runs", "ctr", "r1"))
+        assert [e.error for e in events if e.kind is EventKind.NODE_FAILED] == ["cancelled"]
+
+        log = tmp_path / "rerun.log"
+        rerun = _run_node(spec, "r1", log)
+        assert rerun.wait(timeout=180) == 0, log.read_text()
+        assert repo.versions("ctr") == [1, 2]
+        assert repo.read_routing("ctr").traffic == {1: 90, 2: 10}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -163,10 +163,10 @@ class NodeLease:
         """SIGTERM to the old attempt, then SIGKILL to what is left of it after ``grace_s``.
 
         SIGTERM goes to the attempt's own process only: run-node then cancels its engine in order
-        (the Spark job, the TensorFlow cluster) and exits 130, where a SIGTERM to its whole group
-        would also hit the JVM mid-job and turn the cancellation into a failure. SIGKILL goes to its
-        whole group when it leads one, as run-node under Airflow does, for anything left behind
-        (also once the attempt itself has exited); never to a group it merely joined.
+        (the Spark jobs, then the session; the TensorFlow cluster) and exits 130, rather than every
+        process of the group stopping at once on its own. SIGKILL goes to its whole group when it
+        leads one, as run-node under Airflow does, for anything left behind (also once the attempt
+        itself has exited); never to a group it merely joined.
         """
         with contextlib.suppress(ProcessLookupError):
             os.kill(holder.pid, signal.SIGTERM)

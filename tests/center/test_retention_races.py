@@ -13,7 +13,8 @@ and at the end of each round: nothing a run, a deployed model version or a pin p
 deleted when that protection committed before the claiming ``UPDATE`` began; no URI is deleted
 twice; every due, unprotected dataset is deleted exactly once in the end, with one
 ``retention.delete`` audit entry. Both outcomes of each race (the sweep first, the protection
-first) must occur, so the rounds really interleave.
+first) must occur, so the rounds really interleave. Last, a sweep slower than its lease: what a
+later sweep took over from its queue is deleted once.
 """
 
 from __future__ import annotations
@@ -459,8 +460,10 @@ def test_a_slow_sweep_does_not_delete_what_a_later_sweep_took_over(
             slow.set()  # the lease runs out while this one is deleted ...
             assert taken_over.wait(60)
 
+    reports: list[Any] = []
+
     def sweep_slowly() -> None:
-        sweep(sessions, now=T0 + timedelta(days=2), grace=timedelta(0), deleter=slow_delete)
+        reports.append(sweep(sessions, now=T0 + timedelta(days=2), grace=timedelta(0), deleter=slow_delete))
 
     thread = threading.Thread(target=sweep_slowly)
     thread.start()
@@ -473,4 +476,5 @@ def test_a_slow_sweep_does_not_delete_what_a_later_sweep_took_over(
     # The one being deleted as the lease ran out goes twice (a lease is a bound on one deletion); the
     # one still queued in the slow sweep goes once.
     assert rounds.recorder.calls == Counter({first: 2, queued: 1})
-    assert rounds.state(queued) == DatasetState.DELETED
+    assert [d["uri"] for d in reports[0].deleted] == [first]  # the slow sweep left the queued one alone
+    assert rounds.state(queued) == DatasetState.DELETED and rounds.deletions_audited()[queued] == 1

@@ -58,15 +58,21 @@ def serving(log: Path, *flags: str) -> Iterator[str]:
     assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
-@pytest.fixture(scope="module")
-def server(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Version 1 at 100%, served with batching on and a small body limit."""
-    root = tmp_path_factory.mktemp("serving")
+@contextlib.contextmanager
+def serving_version_1(built_models: Path, root: Path) -> Iterator[str]:
+    """A repository in ``root`` holding version 1 at 100%, served with batching on and bodies up to 64 KiB
+    (log: ``root/serve.log``)."""
     repository = FileRepository(str(root / "models"))
     (root / "sources").mkdir()
     publish(repository, built_models, root / "sources", 100)
     flags = (f"--repository={repository.uri}", "--enable_batching", "--max_request_bytes=65536")
     with serving(root / "serve.log", *flags) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(built_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving_version_1(built_models, tmp_path_factory.mktemp("serving")) as url:
         yield url
 
 

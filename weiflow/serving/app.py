@@ -9,7 +9,8 @@ Routes (TensorFlow Serving's, https://www.tensorflow.org/tfx/serving/api_rest, p
 - ``POST /v1/models/{name}[/versions/{v}|/labels/{l}]:score``: ``{"instances": [raw rows], "key": "..."}``
   mapped by the version's own feature map, answered ``{"scores": [...], "model_version": "7"}``;
 - ``GET /v2/health/live``, ``GET /v2/health/ready`` (ready once every model has a warm version);
-- ``GET /monitoring/prometheus/metrics``.
+- ``GET /monitoring/prometheus/metrics``;
+- ``GET /v1/openapi.json``: this API's OpenAPI description (:mod:`weiflow.serving.openapi`).
 
 Errors are TensorFlow Serving's ``{"error": "..."}`` with its HTTP codes (400 bad request, 404
 unknown model or version, 408 body too slow, 413 body too large, 429 batching queue full, 500 the model failed).
@@ -37,6 +38,7 @@ import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -46,10 +48,11 @@ from weiflow.serving.batching import Batcher, BatcherClosed, BatchStats, BatchTo
 from weiflow.serving.config import BatchingParameters
 from weiflow.serving.manager import ModelManager, ModelNotFound
 from weiflow.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from weiflow.serving.openapi import DESCRIPTION_PATH, description_bytes
 from weiflow.serving.servable import Servable, ServableError
 from weiflow.serving.tfjson import RequestError, dumps, parse_predict, predict_response
 
-__all__ = ["MAX_SCORE_ROWS", "PredictionService", "create_app"]
+__all__ = ["MAX_SCORE_ROWS", "REFUSED_VERBS", "SERVED_VERBS", "PredictionService", "create_app"]
 
 log = logging.getLogger("weiflow.serving")
 
@@ -64,6 +67,10 @@ _MODEL_PATH = re.compile(
     r"(?:(?P<metadata>/metadata)|:(?P<verb>[a-z]+))?"
 )
 _JSON = "application/json"
+# POST /v1/models/...:VERB: the verbs answered, and TensorFlow Serving's that are refused (400). The OpenAPI
+# description (weiflow/serving/openapi.py) names exactly these; tests/serving/test_openapi.py checks it.
+SERVED_VERBS = ("predict", "score")
+REFUSED_VERBS = ("classify", "regress")
 # TensorFlow Serving's HTTP status for each of its error codes (the rest: 500).
 _HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404, "UNAVAILABLE": 503}
 
@@ -194,7 +201,7 @@ class PredictionService:
             return await self._answer(name, api, lambda: self._predict(request, name, version, label))
         if request.method == "POST" and verb == "score":
             return await self._answer(name, api, lambda: self._score(request, name, version, label))
-        if request.method == "POST" and verb in ("classify", "regress"):
+        if request.method == "POST" and verb in REFUSED_VERBS:
             return _error(400, f"{verb} is not supported by weiflow serve: use :predict, or :score for raw features")
         return _error(400, f"Malformed request: {request.method} {request.url.path}")
 
@@ -309,6 +316,9 @@ class PredictionService:
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    async def openapi(self, request: Request) -> Response:
+        return Response(description_bytes(), media_type=_JSON)
+
 
 LARGE_BODY_BYTES = 256 * 1024  # parsing and answering a body this large would hold the event loop for ms
 
@@ -327,6 +337,18 @@ def _parse(body: bytes, servable: Servable) -> Any:
         raise
     except (RecursionError, ValueError) as exc:  # nesting deeper than the parser or NumPy takes
         raise RequestError(f"the request cannot be read: {type(exc).__name__}: {exc}") from None
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 in TensorFlow Serving's error shape, not as text: clients and the OpenAPI
+    description expect ``{"error": ...}`` from every answer. A model path the router cannot match (a newline
+    in it: ``{path:path}`` stops there) is malformed, as models() answers for every other one."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and request.url.path.startswith("/v1/models/"):
+        return _error(400, f"Malformed request: {request.method} {request.url.path}")
+    response = _error(exc.status_code, exc.detail)
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
 
 
 def _close_later(batcher: Batcher) -> None:
@@ -393,8 +415,9 @@ def create_app(service: PredictionService) -> Starlette:
         Route("/v2/health/live", service.live, methods=["GET"]),
         Route("/v2/health/ready", service.ready, methods=["GET"]),
         Route("/monitoring/prometheus/metrics", service.prometheus, methods=["GET"]),
+        Route(DESCRIPTION_PATH, service.openapi, methods=["GET"]),
         Route("/v1/models/{path:path}", service.models, methods=["GET", "POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _routing_error})
     app.state.service = service
     return app

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_center import PG_URL, fresh_database, pct, serve  # noqa: E402
+from report import put_section  # noqa: E402
 
 from weiflow.center.db import make_sessionmaker  # noqa: E402
 from weiflow.center.models import Role  # noqa: E402
@@ -270,12 +271,11 @@ def main() -> None:
         print(line)
     if args.report:
         lines = [line for line in verdicts if "runs reporting at once" in line]
-        with args.report.open("a") as out:
-            out.write(
-                "\n## Load: 20 runs reporting to the center at once (bench/bench_center_ingest.py)\n\n"
-                + "".join(f"- {line}\n" for line in lines)
-                + f"- load average {load_avg}; {os.cpu_count()} CPUs\n"
-            )
+        put_section(
+            args.report,
+            "Load: 20 runs reporting to the center at once (bench/bench_center_ingest.py)",
+            "".join(f"- {line}\n" for line in lines) + f"- load average {load_avg}; {os.cpu_count()} CPUs",
+        )
     if any(line.endswith("MISSED") for line in verdicts):
         sys.exit(1)
 

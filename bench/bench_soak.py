@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_serving import BATCHING, ROW, load, prepare_model  # noqa: E402
+from report import put_section  # noqa: E402
 
 from weiflow.processes import free_port, running_server  # noqa: E402
 
@@ -192,10 +193,7 @@ def main() -> None:
     verdict = "OK" if all(ok for _, ok in checks) else "MISSED"
     print(f"bench_soak: {verdict}")
     if args.report:
-        with args.report.open("a") as out:
-            out.write(
-                "\n## Load: the prediction service for a minute (bench/bench_soak.py)\n\n" + "\n".join(lines) + "\n"
-            )
+        put_section(args.report, "Load: the prediction service for a minute (bench/bench_soak.py)", "\n".join(lines))
     if verdict != "OK":
         sys.exit(1)
 

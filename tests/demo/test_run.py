@@ -19,16 +19,18 @@ from tests.conftest import EXAMPLES
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-# The served model's AUC over the Bayes-optimal AUC on the same next-day rows: 99.0% at the default size
-# (8000 steps on 400k rows; issue 14 asks for 98%); the floor leaves room for asynchronous training's
-# run-to-run spread.
-AUC_RATIO_FLOOR = 0.97
+# Quiet mode on a quarter of the default size (100k rows, 3,000 steps: about a minute); the default size
+# and its 98% target are what tests/test_readme.py runs through the README's own command. The served model's
+# AUC over the Bayes-optimal AUC on the same rows measured 0.974 at this size (70 s).
+ROWS, STEPS = 100_000, 3000
+DEMO = [sys.executable, "-m", "weiflow", "demo", "run"]
+AUC_RATIO_FLOOR = 0.93
 
 
 def test_the_main_command_goes_from_nothing_to_a_served_model(tmp_path: Path) -> None:
     shutil.copytree(EXAMPLES, tmp_path / "xml_specs")
     done = subprocess.run(
-        [sys.executable, "-m", "weiflow", "demo", "run", "--quiet", "--day", "2026-11-01"],
+        [*DEMO, "--quiet", "--day", "2026-11-01", "--rows", str(ROWS), "--steps", str(STEPS)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -39,7 +41,7 @@ def test_the_main_command_goes_from_nothing_to_a_served_model(tmp_path: Path) ->
     assert summary["auc_ratio"] >= AUC_RATIO_FLOOR, summary
     assert 0.70 <= summary["bayes_auc"] <= 0.85
     served = summary["served"]
-    assert served["rows"] == 40_000 and served["day"] == "2026-11-02"
+    assert served["rows"] == ROWS // 10 and served["day"] == "2026-11-02"
     assert served["auc_ratio"] == pytest.approx(served["auc"] / served["bayes_auc"], abs=1e-5)
     assert 0.70 <= served["bayes_auc"] <= 0.85 and served["logloss"] < 0.45
     # The pipeline's own holdout agrees with the served figure within the holdouts' sampling noise.

@@ -135,7 +135,9 @@ def log_in(browser: Any, url: str, username: str) -> None:
 
 def test_owner_promotes_a_canary_then_rolls_back_and_a_viewer_sees_no_buttons(tmp_path: Path, browser: Any) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
 
     from tests.center.test_model_routing import MODEL, deploy_event, publish, run_started
 
@@ -167,7 +169,10 @@ def test_owner_promotes_a_canary_then_rolls_back_and_a_viewer_sees_no_buttons(tm
         assert browser.find_element(By.ID, "split").text.endswith("v2 100%")
         assert repository.read_routing(MODEL).traffic == {2: 100}  # the file the prediction service reads
 
+        promoted_page = browser.find_element(By.ID, "flash")
         browser.find_element(By.ID, "rollback").click()
+        # The promote page's flash is still there until the rollback's answer replaces the page.
+        WebDriverWait(browser, 15).until(staleness_of(promoted_page))
         assert "rolled back" in browser.find_element(By.ID, "flash").text
         assert browser.find_element(By.ID, "split").text.endswith("v1 100%")
         assert repository.read_routing(MODEL).traffic == {1: 100}

@@ -56,6 +56,26 @@ def _wait_for_copy(child: subprocess.Popen[bytes], state: Path, log: Path, timeo
     pytest.fail(f"no copy seen within {timeout_s:g} s:\n{log.read_text()}")
 
 
+def _version_1_and_a_large_export(
+    export: Callable[..., Path], make_spec: Callable[..., Path], root: Path
+) -> tuple[FileRepository, Path, bytes, Path]:
+    """Version 1 published in ``root``, and a spec publishing an export padded to copy slowly.
+
+    The repository, the model's directory, its routing file's bytes now, and the spec.
+    """
+    first = find_saved_model(export(), "ctr")  # a fake: the load check is not what these tests are about
+    publish(str(root), "ctr", first, who="alice", load_check=lambda path: {"ok": True})
+    repo, model_dir = FileRepository(root), root / "ctr"
+    routing_before = (model_dir / ROUTING_FILE).read_bytes()
+    dataset = export("good")
+    assets = find_saved_model(dataset, "ctr") / "assets"
+    assets.mkdir(exist_ok=True)
+    for i in range(PADDING_FILES):
+        with (assets / f"padding-{i}.bin").open("wb") as padding:
+            padding.truncate(PADDING_BYTES)
+    return repo, model_dir, routing_before, make_spec(SPEC.replace("EXPORT", str(dataset)))
+
+
 @pytest.mark.reliability(
     area="kill",
     component="deploy run-node (publish)",
@@ -66,18 +86,7 @@ def test_a_publish_killed_mid_copy_leaves_no_version_and_the_rerun_publishes_the
     export: Callable[..., Path], make_spec: Callable[..., Path], isolated_var: Path, tmp_path: Path
 ) -> None:
     root = isolated_var / "storage" / "models"  # ${storage}/models, where the node publishes
-    first = find_saved_model(export(), "ctr")  # a fake: the load check is not what this test is about
-    publish(str(root), "ctr", first, who="alice", load_check=lambda path: {"ok": True})
-    repo, model_dir = FileRepository(root), root / "ctr"
-    routing_before = (model_dir / ROUTING_FILE).read_bytes()
-
-    dataset = export("good")
-    assets = find_saved_model(dataset, "ctr") / "assets"
-    assets.mkdir(exist_ok=True)
-    for i in range(PADDING_FILES):
-        with (assets / f"padding-{i}.bin").open("wb") as padding:
-            padding.truncate(PADDING_BYTES)
-    spec = make_spec(SPEC.replace("EXPORT", str(dataset)))
+    repo, model_dir, routing_before, spec = _version_1_and_a_large_export(export, make_spec, root)
 
     try:
         log = tmp_path / "killed.log"
@@ -116,19 +125,8 @@ def test_a_publish_killed_mid_copy_leaves_no_version_and_the_rerun_publishes_the
 def test_a_publish_cancelled_mid_copy_exits_130_leaves_no_version_and_the_rerun_publishes(
     export: Callable[..., Path], make_spec: Callable[..., Path], isolated_var: Path, tmp_path: Path
 ) -> None:
-    root = isolated_var / "storage" / "models"
-    first = find_saved_model(export(), "ctr")
-    publish(str(root), "ctr", first, who="alice", load_check=lambda path: {"ok": True})
-    repo, model_dir = FileRepository(root), root / "ctr"
-    routing_before = (model_dir / ROUTING_FILE).read_bytes()
-
-    dataset = export("good")
-    assets = find_saved_model(dataset, "ctr") / "assets"
-    assets.mkdir(exist_ok=True)
-    for i in range(PADDING_FILES):
-        with (assets / f"padding-{i}.bin").open("wb") as padding:
-            padding.truncate(PADDING_BYTES)
-    spec = make_spec(SPEC.replace("EXPORT", str(dataset)))
+    root = isolated_var / "storage" / "models"  # ${storage}/models, where the node publishes
+    repo, model_dir, routing_before, spec = _version_1_and_a_large_export(export, make_spec, root)
 
     try:
         log = tmp_path / "cancelled.log"

@@ -107,7 +107,7 @@ def test_a_new_attempt_stops_the_old_one_before_it_starts(
     processes.append(new)
     out, _ = new.communicate(timeout=120)
     assert new.returncode == 0, out
-    # The old attempt was cancelled (SIGTERM to its group: run-node's cancellation), not left training.
+    # The old attempt was cancelled (SIGTERM: run-node cancels its engine and exits 130), not left working.
     assert old.wait(timeout=15) == 130
     events = [(e.kind, e.attempt) for e in node_events(isolated_var)]
     assert events == [

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-# The fault matrix: @pytest.mark.reliability cells and --reliability-report (docs/reliability.md).
-pytest_plugins = ["tests.reliability_plugin"]
+# The fault matrix: @pytest.mark.reliability cells and --reliability-report (docs/reliability.md); and the
+# search of the whole run's logs for the secrets it used.
+pytest_plugins = ["tests.secrets_plugin", "tests.reliability_plugin"]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "xml_specs"

@@ -18,6 +18,7 @@ that scale (interleavings tried, load duration) run their long version; :func:`l
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 from collections import defaultdict
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import secrets_plugin
 
 __all__ = ["AREAS", "long_run"]
 
@@ -42,6 +45,7 @@ AREAS = {
 }
 FIELDS = ("area", "component", "fault", "proves")
 LONG_ENV = "WEIFLOW_RELIABILITY_LONG"
+TESTS = Path(__file__).resolve().parent
 
 
 def long_run() -> bool:
@@ -101,6 +105,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def cells_in_source() -> set[tuple[str, str]]:
+    """(component, fault) of every ``@pytest.mark.reliability`` in the test files, read from their source."""
+    cells = set()
+    for path in TESTS.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "reliability":
+                values = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg in ("component", "fault")}
+                cells.add((values["component"], values["fault"]))
+    return cells
+
+
 def cell_of(item: pytest.Item) -> dict[str, str] | None:
     """The marker's fields of a test, checked; None for a test outside the matrix."""
     marker = item.get_closest_marker("reliability")
@@ -145,12 +160,29 @@ class _Report:
         elif report.when == "call":
             cell.outcomes.setdefault(report.nodeid, "passed")
 
+    def add_secrets_search(self, session: pytest.Session) -> None:
+        """The search of every log of this run for its secrets (tests/secrets_plugin.py), as a cell of its own."""
+        search = session.config.pluginmanager.get_plugin(secrets_plugin.PLUGIN)
+        if not isinstance(search, secrets_plugin.Search) or not self.by_test:
+            return
+        cell = _Cell(
+            "access",
+            "every log of the test run",
+            "a token or password written to a log",
+            "no WeiFlow token and no registered password or JWT in any log file or captured stderr or log record "
+            f"of the run (last: {search.files} files, {search.megabytes:.0f} MiB, {search.sections} sections)",
+        )
+        cell.tests.add("tests/secrets_plugin.py")
+        cell.outcomes["the run's logs"] = "failed" if search.leaks else "passed"
+        self.cells[(cell.area, cell.component, cell.fault)] = cell
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         """Merge this run's cells into the data beside the report (``.json``), then render it all.
 
         Cells this run did not touch keep their last results, with when they ran: a rerun of one
         cell (``./dev reliability -k ...``) updates its row, not the whole matrix.
         """
+        self.add_secrets_search(session)
         ran = {key: cell for key, cell in ((c.key(), c) for c in self.cells.values()) if cell.outcomes}
         if not ran:
             return
@@ -158,6 +190,9 @@ class _Report:
         known: dict[str, _Cell] = {}
         if data_path.is_file():
             known = {cell.key(): cell for cell in map(_Cell.from_json, json.loads(data_path.read_text()))}
+        # A cell whose marker is gone from the tests (renamed, reworded, removed) leaves the report with it.
+        current = cells_in_source() | {(cell.component, cell.fault) for cell in self.cells.values()}
+        known = {key: cell for key, cell in known.items() if (cell.component, cell.fault) in current}
         stamp, version = f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "long" if long_run() else "short"
         for key, cell in ran.items():
             cell.run_at, cell.version = stamp, version

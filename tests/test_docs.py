@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.reliability_plugin import cells_in_source
 from weiflow.cli import main
 from weiflow.dag.compiler import check_file, compile_file
 from weiflow.dag.render import to_text
@@ -194,26 +195,13 @@ def test_links_to_other_pages_resolve(page: str) -> None:
             assert anchor in slugs, f"{page} links to {target}#{anchor}"
 
 
-def reliability_cells() -> set[tuple[str, str]]:
-    """(component, fault) of every @pytest.mark.reliability in the test suite, read from the source."""
-    import ast
-
-    cells = set()
-    for path in (REPO / "tests").rglob("test_*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "reliability":
-                values = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg in ("component", "fault")}
-                cells.add((values["component"], values["fault"]))
-    return cells
-
-
 def test_the_reliability_report_lists_every_cell_of_the_matrix() -> None:
     # docs/reliability.md is written by a run (./dev reliability); a cell added since must be run into it.
     report = (REPO / "docs" / "reliability.md").read_text()
     rows = {
         tuple(cell.strip() for cell in line.split("|")[1:3]) for line in report.splitlines() if line.startswith("| ")
     }
-    cells = reliability_cells()
+    cells = cells_in_source()
     assert len(cells) >= 20
     missing = sorted(cells - rows)
     assert not missing, f"cells not in docs/reliability.md (run ./dev reliability): {missing}"

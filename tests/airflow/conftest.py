@@ -25,9 +25,11 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import EXAMPLES, REPO
+from tests.secrets_plugin import register_log_root, register_secret
 
 _HOME = Path(tempfile.mkdtemp(prefix="weiflow-airflow-tests-"))
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+register_log_root(_HOME)
 os.environ.update(
     {
         "AIRFLOW_HOME": str(_HOME),
@@ -99,6 +101,38 @@ def wait(step):
 """
 
 
+# A node whose first attempt works for five minutes and whose later attempts finish at once; each attempt notes
+# its pid, and whether an earlier attempt was still alive when it began (two attempts side by side).
+ORPHAN_SPEC = """<pipeline xmlns="urn:weiflow:pipeline:1" name="orphan_node" retries="1">
+  <datasets><dataset name="out" uri="${storage}/orphan/${run_id}" format="files"/></datasets>
+  <node id="work" engine="python">
+    <module id="m" type="call" callable="orphan_steps:work" writes="out" notes="NOTES"/>
+  </node>
+</pipeline>
+"""
+
+ORPHAN_STEPS = """import os, time
+from pathlib import Path
+
+def alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+def work(step):
+    notes = Path(step.attrs["notes"]) / step.run_id.replace(":", "_").replace("+", "_")
+    notes.mkdir(parents=True, exist_ok=True)
+    earlier = [int(p.name) for p in notes.iterdir() if p.name.isdigit()]
+    (notes / str(os.getpid())).write_text(" ".join(str(pid) for pid in earlier if alive(pid)))
+    with step.write("out") as out:
+        if not earlier:
+            time.sleep(300)
+        (out.path / "by.txt").write_text(str(os.getpid()))
+"""
+
+
 class Api:
     """Airflow's REST API v2, authenticated with a JWT from ``/auth/token`` (simple auth manager)."""
 
@@ -106,6 +140,7 @@ class Api:
         self.url = url
         token = self.call("POST", "/auth/token", {"username": user, "password": password}, auth=False)
         self.token = str(token["access_token"])
+        register_secret(self.token)
 
     def call(self, method: str, path: str, body: object = None, *, auth: bool = True) -> Any:
         request = urllib.request.Request(self.url + path, method=method)
@@ -155,7 +190,9 @@ class Api:
         self.wait_for(f"{dag_id} to be idle", idle, timeout, every=2.0)
 
 
-LIVE_DAGS = ("user_activity_report", "slow_node")
+LIVE_DAGS = ("user_activity_report", "slow_node", "orphan_node")
+LIVE_PASSWORD = "s3cret-for-tests"
+register_secret(LIVE_PASSWORD)
 
 
 @dataclass
@@ -165,6 +202,7 @@ class Live:
     specs: Path
     var_dir: Path
     pids: Path
+    orphan_notes: Path
 
 
 @pytest.fixture(scope="session")
@@ -182,6 +220,8 @@ def live_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     (specs / "broken.xml").write_text(bad.replace('name="user_activity_report"', 'name="broken_report"'))
     (specs / "slow_node.xml").write_text(SLOW_SPEC.replace("PIDS", str(root / "pids")))
     (specs / "slow_steps.py").write_text(SLOW_STEPS)
+    (specs / "orphan_node.xml").write_text(ORPHAN_SPEC.replace("NOTES", str(root / "orphan-notes")))
+    (specs / "orphan_steps.py").write_text(ORPHAN_STEPS)
     home = root / "home"
     airflow = LocalAirflow(
         home=home,
@@ -189,11 +229,18 @@ def live_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         loader=LOADER,
         var_dir=root / "var",
         port=free_port(),
-        password="s3cret-for-tests",
+        password=LIVE_PASSWORD,
         database_url=f"sqlite:///{home / 'airflow.db'}",
         refresh_interval=5,
-        # WeiFlow's run listener (weiflow's airflow.plugins entry point) looks for queued runs every second.
-        extra_env={"AIRFLOW__WEIFLOW__QUEUED_RUNS_POLL_INTERVAL": "1"},
+        extra_env={
+            # WeiFlow's run listener (weiflow's airflow.plugins entry point) looks for queued runs every second.
+            "AIRFLOW__WEIFLOW__QUEUED_RUNS_POLL_INTERVAL": "1",
+            # A lost worker is noticed after 30 s without its heartbeat (Airflow: 300), looked for every 2 s, and
+            # its task retried a second later (Airflow: 300 s).
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
+        },
     )
     airflow.prepare()
     with airflow:
@@ -203,4 +250,4 @@ def live_airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             raise AssertionError(f"{exc}\n" + "\n".join(airflow.tail(name) for name in airflow.processes)) from None
         api = Api(airflow.url, airflow.user, airflow.password)
         api.wait_for("the DAGs to be parsed", lambda: all(api.get(f"/api/v2/dags/{d}") for d in LIVE_DAGS))
-        yield Live(airflow, api, specs, root / "var", root / "pids")
+        yield Live(airflow, api, specs, root / "var", root / "pids", root / "orphan-notes")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -93,3 +96,52 @@ def test_marking_a_running_task_failed_stops_its_node(live_airflow: Live) -> Non
     assert [(e.kind, e.error) for e in events if e.kind.startswith("run.") and e.kind != "run.started"] == [
         ("run.failed", "failed task: wait")
     ]
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.reliability(
+    area="retry",
+    component="Airflow worker (live scheduler, LocalExecutor)",
+    fault="SIGKILL to the task process, or to the worker and its task process, mid-node; Airflow retries",
+    proves="the retry stops the orphaned run-node before its own starts (never two at once); the run succeeds "
+    "on try 2; the dataset is the retry's, complete",
+)
+@pytest.mark.parametrize("lost", ["task process", "worker"])
+def test_a_retry_after_a_lost_worker_stops_the_orphaned_node_first(live_airflow: Live, lost: str) -> None:
+    api = live_airflow.api
+    api.call("PATCH", "/api/v2/dags/orphan_node", {"is_paused": False})
+    run_id = api.call("POST", "/api/v2/dags/orphan_node/dagRuns", {"logical_date": None})["dag_run_id"]
+    notes = live_airflow.orphan_notes / run_id.replace(":", "_").replace("+", "_")
+    [first] = map(int, api.wait_for("try 1 to work", lambda: notes.is_dir() and [p.name for p in notes.iterdir()]))
+    task_process = parent_of(first)  # run-node's parent runs the operator; its parent is Airflow's worker
+    worker = parent_of(task_process)
+    assert "airflow worker -- LocalExecutor" in Path(f"/proc/{worker}/cmdline").read_text()
+    # "task process": its supervisor reports the death at once. "worker": nothing reports it; the scheduler
+    # finds the task's heartbeat missing (30 s here) and fails it. Either way the node lives on, an orphan.
+    for pid in [task_process] if lost == "task process" else [worker, task_process]:
+        os.kill(pid, signal.SIGKILL)
+    api.wait_for("the task process to go", lambda: not alive(task_process), 10, 0.1)
+    assert alive(first)
+
+    assert api.wait_run("orphan_node", run_id, timeout=240) == "success"
+    task = api.get(f"/api/v2/dags/orphan_node/dagRuns/{quote(run_id, safe='')}/taskInstances/work")
+    assert (task["state"], task["try_number"]) == ("success", 2)
+    assert not alive(first)
+    attempts = {int(p.name): p.read_text() for p in notes.iterdir()}
+    [second] = set(attempts) - {first}
+    assert attempts == {first: "", second: ""}  # neither found another attempt alive when it began
+    events = read_events(run_log_path(live_airflow.var_dir / "runs", "orphan_node", run_id))
+    node = [e for e in events if e.node == "work" and e.module is None]
+    assert [(e.kind, e.attempt, e.error) for e in node] == [
+        ("node.started", 1, None),
+        ("node.failed", 1, "cancelled"),  # SIGTERM from try 2: it cancelled its work, then ended
+        ("node.started", 2, None),
+        ("node.succeeded", 2, None),
+    ]
+    superseded = node[2].detail["superseded"]
+    assert (superseded["attempt"], superseded["pid"]) == (1, first)
+    written = live_airflow.var_dir / "storage" / "orphan" / run_id
+    assert (written / "by.txt").read_text() == str(second) and (written / "_SUCCESS").is_file()

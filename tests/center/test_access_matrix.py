@@ -8,8 +8,8 @@ has, so a new route without a row fails here; :func:`render_markdown` draws it f
 ``docs/access-matrix.md``, which a test keeps equal to the table (``WEIFLOW_WRITE_ACCESS_MATRIX=1``
 rewrites it).
 
-How secrets are stored is asserted here too: the database holds an scrypt hash of a password
-(``hashlib.scrypt``, OpenSSL's) and a SHA-256 of an API or session token (a 256-bit random value, for
+How secrets are stored is asserted here too: the database holds an Argon2id hash of a password
+(argon2-cffi, at OWASP's recommended cost) and a SHA-256 of an API or session token (a 256-bit random value, for
 which a fast hash is the usual choice: no dictionary can guess it), never the secret.
 """
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from argon2 import PasswordHasher, extract_parameters
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select, update
@@ -456,7 +457,7 @@ def test_the_generated_table_is_the_committed_one() -> None:
     area="access",
     component="center credentials",
     fault="the database read by someone who should not",
-    proves="it holds an scrypt hash of each password and a SHA-256 of each token, never the secret",
+    proves="it holds an Argon2id hash of each password and a SHA-256 of each token, never the secret",
 )
 def test_passwords_and_tokens_are_stored_only_as_hashes(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'center.db'}")
@@ -469,10 +470,11 @@ def test_passwords_and_tokens_are_stored_only_as_hashes(tmp_path: Path) -> None:
         rows = db.execute(select(ApiToken)).scalars().all()
     engine.dispose()
     assert stored is not None and PASSWORD not in stored
-    scheme, salt, digest = stored.split("$")
-    # scrypt (memory-hard; hashlib's is OpenSSL's), a random 16-byte salt per password, 32 bytes out.
-    assert scheme == "scrypt" and len(bytes.fromhex(salt)) == 16
-    assert digest == hashlib.scrypt(PASSWORD.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1, dklen=32).hex()
+    # Argon2id at OWASP's first recommended setting (19 MiB, 2 passes, 1 lane), a random salt per password.
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    parameters = extract_parameters(stored)
+    assert (parameters.salt_len, parameters.hash_len) == (16, 32)
+    assert PasswordHasher().verify(stored, PASSWORD)  # any Argon2 implementation checks it: the standard encoding
     [row] = rows
     assert row.token_hash == hashlib.sha256(token.encode()).hexdigest() and token not in row.token_hash
     raw = (tmp_path / "center.db").read_bytes()

@@ -3,6 +3,7 @@ event loop, logout that ends the session on the server, ``center user``'s passwo
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from weiflow.center.api import create_app
 from weiflow.center.cli import main as center_main
 from weiflow.center.console import SESSION_COOKIE
 from weiflow.center.db import make_engine, make_sessionmaker
-from weiflow.center.models import ApiToken, LoginFailure
+from weiflow.center.models import ApiToken, LoginFailure, Role, User
 from weiflow.config import load_settings
 from weiflow.processes import free_port
 
@@ -52,6 +53,11 @@ def failures(sessions: sessionmaker[Session]) -> dict[str, int]:
         return {row.key: row.failures for row in session.scalars(select(LoginFailure))}
 
 
+def user_key(name: str) -> str:
+    """An account's key in ``login_failures``: the hash of its name, which is never stored as typed."""
+    return "user#sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
 def end_blocks(sessions: sessionmaker[Session]) -> None:
     """What waiting out every block would do, without the wait."""
     with sessions() as session:
@@ -73,14 +79,14 @@ def test_login_is_throttled_after_the_free_failures_without_checking_the_passwor
     for _ in range(3):  # two free, and the third blocks
         assert attempt(client, "vera", "wrong").status_code == 401
     hashed = []
-    real_hash = repo.hash_password
-    monkeypatch.setattr(repo, "hash_password", lambda *a, **k: hashed.append(1) or real_hash(*a, **k))
+    real_verify = repo.verify_password
+    monkeypatch.setattr(repo, "verify_password", lambda *a, **k: hashed.append(1) or real_verify(*a, **k))
     blocked = attempt(client, "vera", PASSWORD)
     assert blocked.status_code == 429, blocked.text
     assert 55 <= int(blocked.headers["retry-after"]) <= 60
     assert "try again in" in blocked.text and SESSION_COOKIE not in client.cookies
     assert hashed == []  # refused before any hashing: a blocked guesser costs one query
-    assert failures(activity_center) == {"user:vera": 3, "addr:10.0.0.1": 3}  # refusals are not failures
+    assert failures(activity_center) == {user_key("vera"): 3, "addr:10.0.0.1": 3}  # refusals are not failures
 
     end_blocks(activity_center)
     assert attempt(client, "vera", PASSWORD).status_code == 303
@@ -126,7 +132,7 @@ def test_the_delay_doubles_up_to_the_cap_and_quiet_keys_are_forgotten(sessions: 
         later = now + repo.LOGIN_WINDOW + timedelta(seconds=1)
         repo.record_login_failure(session, "vera", "10.0.0.1", now=later)
         assert repo.login_blocked(session, "vera", "10.0.0.1", now=later) is None
-        assert failures(sessions) == {"user:vera": 1, "addr:10.0.0.1": 1}
+        assert failures(sessions) == {user_key("vera"): 1, "addr:10.0.0.1": 1}
 
         # A success forgets the account, and with it every key quiet for the window.
         repo.record_login_failure(session, "otto", "10.0.0.3", now=T0)
@@ -138,6 +144,33 @@ def test_the_delay_doubles_up_to_the_cap_and_quiet_keys_are_forgotten(sessions: 
         repo.record_login_failure(session, odd, odd, now=later)
         assert repo.authenticate_password(session, odd, "whatever") is None
         assert sum(key.startswith(("user#sha256:", "addr#sha256:")) for key in failures(sessions)) == 2
+
+
+def test_an_older_scrypt_password_logs_in_once_and_is_stored_as_argon2id_from_then_on(
+    sessions: sessionmaker[Session],
+) -> None:
+    # What centers before Argon2id stored: scrypt (n=2**14, r=8, p=1), salt and 32-byte digest in hex.
+    salt = bytes(range(16))
+    digest = hashlib.scrypt(PASSWORD.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    legacy = f"scrypt${salt.hex()}${digest.hex()}"
+    with sessions() as session:
+        repo.create_user(session, "vera", Role.VIEWER)
+        session.execute(update(User).where(User.username == "vera").values(password_hash=legacy))
+        session.commit()
+        assert repo.authenticate_password(session, "vera", "wrong") is None
+        assert session.scalar(select(User.password_hash).where(User.username == "vera")) == legacy  # kept
+        principal = repo.authenticate_password(session, "vera", PASSWORD)
+        assert principal is not None and principal.username == "vera"
+        upgraded = session.scalar(select(User.password_hash).where(User.username == "vera"))
+        assert upgraded is not None and upgraded.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+        assert repo.authenticate_password(session, "vera", PASSWORD) == principal  # by the new hash
+        assert session.scalar(select(User.password_hash).where(User.username == "vera")) == upgraded  # up to date
+
+        # A stored value that is no hash at all (damaged, or put there by hand) refuses, never errs.
+        for damaged in ("scrypt$zz$00", "scrypt$00", "$argon2id$v=19$m=1,t=1,p=1$AAAA$AAAA", "plain", ""):
+            session.execute(update(User).where(User.username == "vera").values(password_hash=damaged))
+            session.commit()
+            assert repo.authenticate_password(session, "vera", PASSWORD) is None, damaged
 
 
 @pytest.fixture
@@ -177,7 +210,7 @@ def test_failures_counted_at_once_by_two_workers_all_count(
         thread.join()
     assert errors == []
     counted = failures(sessions)
-    assert counted["user:vera"] == 40 and all(counted[f"addr:10.0.0.{n}"] == 5 for n in range(8)), counted
+    assert counted[user_key("vera")] == 40 and all(counted[f"addr:10.0.0.{n}"] == 5 for n in range(8)), counted
     with second_worker() as session:
         assert repo.login_blocked(session, "vera", "10.9.9.9") is not None  # seen by either worker
 
@@ -311,7 +344,7 @@ def test_a_real_center_throttles_logins_across_its_workers_and_logout_ends_the_s
     try:
         for _ in range(repo.LOGIN_FREE_FAILURES + 1):  # the free ones, and one that blocks
             assert login_over_http(base, "vera", "wrong").status_code == 401
-        assert failures(db) == {"user:vera": 6, "addr:127.0.0.1": 6}  # every worker counted in one place
+        assert failures(db) == {user_key("vera"): 6, "addr:127.0.0.1": 6}  # every worker counted in one place
         with db() as session:  # as if the block were longer than the 1 s it is: no race with the clock
             session.execute(update(LoginFailure).values(blocked_until=datetime.now(UTC) + timedelta(seconds=30)))
             session.commit()
@@ -401,5 +434,5 @@ def test_a_flood_of_wrong_passwords_does_not_slow_authenticated_requests(tmp_pat
         server.communicate(timeout=30)
     assert set(answers) == {401}, set(answers)  # wrong passwords, all checked: nothing throttled them
     assert hashed >= 16, hashed
-    # With scrypt on the event loop, /me waited behind up to four hashes (~0.1 s each here) every time.
+    # With the hashing on the event loop, /me waited behind up to four hashes (~0.1 s each here) every time.
     assert max(latencies) < 0.5 and statistics.median(latencies) < 0.05, latencies

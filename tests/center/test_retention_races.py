@@ -396,6 +396,31 @@ def test_a_run_starting_on_a_candidate_dataset(hooked: Engine, sessions: session
 
 @pytest.mark.reliability(
     area="retention",
+    component="retention sweep vs node.started ingestion",
+    fault="a node of a running run starts reading a due dataset its run did not list, while a sweep claims it",
+    proves="no dataset is deleted while a node whose read committed before the claim is in an active run",
+)
+def test_a_node_starting_to_read_a_candidate_dataset(
+    hooked: Engine, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    def read(rounds: Rounds, i: int, uri: str) -> bool:
+        stamp_commit, _local.committed = _local.committed, None  # the run's own start protects nothing here
+        rounds.world.send(Event(EventKind.RUN_STARTED, f"n{i}", "p", ts=at(Rounds.day(i) + 2)))
+        _local.committed = stamp_commit
+        reads = {"reads": {"events": uri}}
+        rounds.world.send(
+            Event(EventKind.NODE_STARTED, f"n{i}", "p", node="read", ts=at(Rounds.day(i) + 2), detail=reads)
+        )
+        return True
+
+    def end(rounds: Rounds, i: int, uri: str) -> None:
+        rounds.world.send(Event(EventKind.RUN_SUCCEEDED, f"n{i}", "p", ts=at(Rounds.day(i) + 2.5)))
+
+    protection_race("node read", engine=hooked, sessions=sessions, tmp_path=tmp_path, protect=read, release=end)
+
+
+@pytest.mark.reliability(
+    area="retention",
     component="retention sweep vs model deploy ingestion",
     fault="a deploy registers a model version whose files are a due dataset while a sweep claims it",
     proves="a deployed version's files are never deleted once the version is registered before the claim",
@@ -473,8 +498,49 @@ def test_a_slow_sweep_does_not_delete_what_a_later_sweep_took_over(
     taken_over.set()
     thread.join(60)
     assert [d["uri"] for d in later.deleted] == [first, queued]
-    # The one being deleted as the lease ran out goes twice (a lease is a bound on one deletion); the
-    # one still queued in the slow sweep goes once.
+    # The one being deleted as the lease ran out goes twice: its heartbeat cannot keep up with a clock that
+    # jumps 31 minutes at once (what a sweep's process stopped for longer than the lease would meet); the one
+    # still queued in the slow sweep goes once.
     assert rounds.recorder.calls == Counter({first: 2, queued: 1})
     assert [d["uri"] for d in reports[0].deleted] == [first]  # the slow sweep left the queued one alone
     assert rounds.state(queued) == DatasetState.DELETED and rounds.deletions_audited()[queued] == 1
+
+
+@pytest.mark.reliability(
+    area="retention",
+    component="retention sweep",
+    fault="one deletion that takes longer than the lease, and a later sweep looking for abandoned claims",
+    proves="the deleting sweep's heartbeat renews the claim while it deletes: the later sweep leaves it alone; "
+    "deleted once, audited once",
+)
+def test_a_deletion_longer_than_the_lease_is_not_taken_over(sessions: sessionmaker[Session], tmp_path: Path) -> None:
+    rounds = Rounds(sessions, tmp_path / "storage")
+    [uri] = rounds.write(0, 1)
+    lease = timedelta(seconds=0.6)  # renewed every 0.2 s
+    deleting, later_done = threading.Event(), threading.Event()
+
+    def long_delete(deleted: str) -> None:
+        rounds.recorder(deleted)
+        deleting.set()
+        assert later_done.wait(60)
+
+    reports: list[Any] = []
+    now = T0 + timedelta(days=2)
+    started = time.monotonic()
+
+    def sweep_long() -> None:
+        reports.append(sweep(sessions, now=now, grace=timedelta(0), lease=lease, deleter=long_delete))
+
+    thread = threading.Thread(target=sweep_long)
+    thread.start()
+    try:
+        assert deleting.wait(60)
+        time.sleep(4 * lease.total_seconds())  # the claim is four leases old: abandoned, but for the heartbeat
+        clock = now + timedelta(seconds=time.monotonic() - started)  # the same clock the first sweep keeps
+        later = sweep(sessions, now=clock, lease=lease, deleter=rounds.recorder)
+    finally:
+        later_done.set()
+        thread.join(60)
+    assert later.deleted == [] and rounds.recorder.calls == Counter({uri: 1})
+    assert [d["uri"] for d in reports[0].deleted] == [uri]
+    assert rounds.state(uri) == DatasetState.DELETED and rounds.deletions_audited()[uri] == 1

@@ -30,6 +30,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.center.servers import add_users, database_url
+from tests.reliability_plugin import long_run
 from weiflow.center.db import make_engine, make_sessionmaker
 from weiflow.center.models import IngestedEvent, ModuleRun, NodeRun, Pipeline, ProgressPoint, Role, Run
 from weiflow.processes import free_port, running_server
@@ -109,17 +110,30 @@ def _until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> N
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+# SIGTERM on PostgreSQL only in the long run (./dev reliability): each case is ~15 s of CI.
+CENTER_KILLS = [
+    ("SIGKILL", "sqlite"),
+    ("SIGTERM", "sqlite"),
+    pytest.param("SIGKILL", "postgresql", marks=pytest.mark.postgres),
+]
+if long_run():
+    CENTER_KILLS.append(pytest.param("SIGTERM", "postgresql", marks=pytest.mark.postgres))
+
+
+@pytest.mark.parametrize(("how", "database"), CENTER_KILLS)
 @pytest.mark.reliability(
     area="kill",
     component="control center (weiflow center serve)",
-    fault="killed mid-ingest (SIGKILL to its group; SIGTERM to it), restarted on the same database",
+    fault="killed mid-ingest (SIGKILL to its group; SIGTERM to it), restarted on the same database (SQLite; "
+    "PostgreSQL)",
     proves="every event stored once (ingested events per kind = the run logs'; progress rows = progress events); "
-    "every run, node and module succeeded, none half-applied; integrity_check ok; it answers after restart; "
-    "SIGTERM: exit 0 and no post answered 5xx",
+    "every run, node and module succeeded, none half-applied; SQLite's integrity_check ok; it answers after "
+    "restart; SIGTERM: exit 0 and no post answered 5xx",
 )
-def test_a_center_killed_mid_ingest_loses_nothing_and_applies_nothing_twice(how: str, tmp_path: Path) -> None:
-    with database_url("sqlite", tmp_path) as url:
+def test_a_center_killed_mid_ingest_loses_nothing_and_applies_nothing_twice(
+    how: str, database: str, tmp_path: Path
+) -> None:
+    with database_url(database, tmp_path) as url:
         token = add_users(url, {"runtime": (Role.OWNER, [])})["runtime"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WEIFLOW_")}
         env.update(WEIFLOW_VAR_DIR=str(tmp_path / "var"), WEIFLOW_DATABASE_URL=url)
@@ -193,8 +207,9 @@ def test_a_center_killed_mid_ingest_loses_nothing_and_applies_nothing_twice(how:
                 assert points == sum(e.kind is EventKind.PROGRESS for e in events) == NODES * MODULES * POINTS
         engine.dispose()
     assert kinds == dict(Counter(str(e.kind) for events in logged.values() for e in events))
-    check = sqlite3.connect(url.removeprefix("sqlite:///"))
-    try:
-        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    finally:
-        check.close()
+    if database == "sqlite":
+        check = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        finally:
+            check.close()

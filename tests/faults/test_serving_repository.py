@@ -35,14 +35,26 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 60) -> Non
         time.sleep(0.1)
 
 
+def readable_metric(url: str) -> float:
+    """``weiflow_serving_repository_readable`` for the model, as Prometheus would scrape it."""
+    text = httpx.get(f"{url}/monitoring/prometheus/metrics").text
+    [value] = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(f'weiflow_serving_repository_readable{{model="{MODEL}"')
+    ]
+    return value
+
+
 @pytest.mark.integration
 @pytest.mark.reliability(
     area="dependency",
     component="prediction service (weiflow serve)",
     fault="model repository unreadable while serving: routing file garbage, then the model directory moved away "
     "and back",
-    proves="0 failed requests under a client loop, all from the loaded version; each fault logged; a version "
-    "published after the repository is back is picked up and served",
+    proves="0 failed requests under a client loop, all from the loaded version; each fault logged, the "
+    "unreadable directory also as weiflow_serving_repository_readable 0; a version published after the "
+    "repository is back is picked up and served",
 )
 def test_an_unreadable_repository_costs_no_request(built_models: Path, tmp_path: Path) -> None:
     repository = FileRepository(str(tmp_path / "models"))
@@ -68,15 +80,18 @@ def test_an_unreadable_repository_costs_no_request(built_models: Path, tmp_path:
         serves_on("1")
         routing.write_bytes(good)
 
+        assert readable_metric(url) == 1.0
         model_dir.rename(tmp_path / "moved-away")
         _until(lambda: UNREADABLE in log.read_text(), "the unreadable model directory is reported")
         serves_on("1")
         status = httpx.get(f"{url}/v1/models/{MODEL}").json()["model_version_status"]
         assert [(s["version"], s["state"]) for s in status] == [("1", AVAILABLE)]
+        assert readable_metric(url) == 0.0  # what an alert watches: the status above still says all is well
 
         (tmp_path / "moved-away").rename(model_dir)
         publish(repository, built_models, tmp_path / "sources", 100)
         _until(lambda: served["2"] > 10, f"the restored repository's new version serves: {dict(served)}")
+        assert readable_metric(url) == 1.0
     assert clients.failures == []
     assert set(served) == {"1", "2"}
 
@@ -85,7 +100,8 @@ def test_an_unreadable_repository_costs_no_request(built_models: Path, tmp_path:
     area="dependency",
     component="prediction service (model manager)",
     fault="a routed model's base path unreadable for a poll, then back",
-    proves="the loaded version is neither unloaded nor closed and keeps answering; an error is logged once; "
+    proves="the loaded version is neither unloaded nor closed and keeps answering; an error is logged and "
+    "reported (on_readable) once; "
     "the next readable poll loads what was published meanwhile",
 )
 def test_the_manager_keeps_serving_through_an_unreadable_base_path(
@@ -101,7 +117,12 @@ def test_the_manager_keeps_serving_through_an_unreadable_base_path(
 
     add_version(base, 1)
     loader = FakeLoader()
-    manager = ModelManager([ServedModel(MODEL, str(base), AllVersions(), routed=True)], loader=loader)
+    readable: list[tuple[str, bool]] = []
+    manager = ModelManager(
+        [ServedModel(MODEL, str(base), AllVersions(), routed=True)],
+        loader=loader,
+        on_readable=lambda name, ok: readable.append((name, ok)),
+    )
     manager.poll_once()
     assert manager.loaded() == {MODEL: [1]}
     base.rename(away)
@@ -111,7 +132,9 @@ def test_the_manager_keeps_serving_through_an_unreadable_base_path(
     with manager.lease(MODEL) as servable:
         assert servable.version == 1
     assert sum(UNREADABLE in r.getMessage() for r in caplog.records) == 1
+    assert readable == [(MODEL, True), (MODEL, False)]  # each change once
     add_version(away, 2)  # published while the share was away
     away.rename(base)
     manager.poll_once()
     assert manager.loaded() == {MODEL: [2]}  # the newest version (nothing routed) serves again
+    assert readable == [(MODEL, True), (MODEL, False), (MODEL, True)]

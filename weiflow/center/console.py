@@ -75,7 +75,7 @@ CSP = (
 CURVE_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'"
 NAME_MAX = 200  # node and module ids are at most this long (eventschema's Name)
 
-# A login's scrypt (about 0.1 s of CPU; it releases the GIL) and its database work run on these two threads: not
+# A login's Argon2id (40-50 ms of CPU; it releases the GIL) and its database work run on these two threads: not
 # on the event loop, where four clients posting wrong passwords raised every request's latency fifty-fold, and
 # not in the shared thread pool, which they could fill. However many logins arrive, they queue here and cost
 # this worker at most two threads and two database connections; everything else keeps being answered.

@@ -388,7 +388,8 @@ class AuditEntry(Base):
 
 
 class LoginFailure(Base):
-    """Recent failed console logins per account (``user:<name>``) and per client address (``addr:<ip>``).
+    """Recent failed console logins per account (``user#sha256:<hash of the name>``) and per client address
+    (``addr:<ip>``).
 
     In the database, not in a worker's memory: every worker process and a restarted center see the
     same count, so a guesser cannot spread attempts over workers or wait out a restart.

@@ -14,7 +14,9 @@ it will change, in id order, skipping those another one holds: sweeps never dead
 that dies after claiming leaves ``deleting`` with ``claimed_at``; after ``lease`` a later sweep
 takes it over (deleting files already gone is a no-op). Each dataset's lease is renewed as its
 own deletion starts, so a slow sweep never deletes what a later one took over while it was still
-queued. A dataset read during its grace period goes back to ``live``.
+queued, and every third of the lease while that deletion runs (a heartbeat), so a deletion longer
+than the lease is not taken over and done twice. A dataset read during its grace period goes back
+to ``live``.
 
 Whatever the database says, files are deleted only strictly inside the configured storage
 roots (:class:`RootedDeleter`, checked on the real path at the moment of deletion): a forged or
@@ -29,7 +31,8 @@ import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -226,6 +229,73 @@ def _audit(session: Session, actor: str, action: str, dataset_id: int, uri: str,
 _FAILURE_NOTE = re.compile(r"; (?:delete failed|deletion refused): .*\Z", re.DOTALL)
 
 
+class _Heartbeat:
+    """Renews the lease of the dataset being deleted, every third of the lease, for as long as its deletion runs.
+
+    The sweep's clock is ``now`` plus the real time since it started, as for the renewal at the start of each
+    deletion. A renewal is conditional on the claim being the one this sweep last wrote: once another sweep has
+    taken a dataset over (this process stopped for longer than the lease), nothing is renewed for it.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], now: datetime, started: float, lease: timedelta) -> None:
+        self._sessions = sessions
+        self._now, self._started = now, started
+        self._every = max(lease.total_seconds() / 3, 0.01)
+        self._lock = threading.Lock()
+        self._current: tuple[int, datetime] | None = None  # the dataset being deleted, and its claimed_at
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def clock(self) -> datetime:
+        return self._now + timedelta(seconds=time.monotonic() - self._started)
+
+    @contextmanager
+    def beating(self, dataset_id: int, claimed_at: datetime) -> Iterator[None]:
+        with self._lock:
+            self._current = (dataset_id, claimed_at)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="weiflow-retention-heartbeat", daemon=True)
+            self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._current = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every):
+            with self._lock:
+                current = self._current
+            if current is None:
+                continue
+            dataset_id, claimed_at = current
+            renewed_to = self.clock()
+            try:
+                with self._sessions() as session:
+                    renewed = session.execute(
+                        update(Dataset)
+                        .where(
+                            Dataset.id == dataset_id,
+                            Dataset.state == DatasetState.DELETING,
+                            Dataset.claimed_at == claimed_at,
+                        )
+                        .values(claimed_at=renewed_to)
+                        .execution_options(synchronize_session=False)
+                    )
+                    session.commit()
+            except Exception:  # the database away for a moment: the next beat tries again, well within the lease
+                log.warning("retention: cannot renew the lease of dataset %d", dataset_id, exc_info=True)
+                continue
+            with self._lock:
+                if changed(renewed) and self._current == current:
+                    self._current = (dataset_id, renewed_to)
+
+
 def sweep(
     sessions: sessionmaker[Session],
     *,
@@ -334,74 +404,95 @@ def sweep(
                 entry = {"id": row.id, "uri": row.uri, "reason": row.reason}
                 (report.kept if row.id in blocked else report.would_delete).append(entry)
             return report
-        for chunk_rows in _chunks(rows, _CHUNK):
-            by_id: dict[int, tuple[str, str | None]] = {i: (uri, reason) for i, uri, reason in chunk_rows}
-            claimed = session.scalars(
-                update(Dataset)
-                .where(Dataset.id.in_(_lock(session, list(by_id), due)), due, ~protected_clause())
-                .values(state=DatasetState.DELETING, claimed_at=now)
-                .returning(Dataset.id)
-                .execution_options(synchronize_session=False)
-            ).all()
-            session.commit()  # the claims are visible to every other sweep before any file goes
-            # Rows not claimed: another sweep has them, or a run / pin / deployment protects them now.
-            deleted: list[dict[str, Any]] = []
-            failed: list[dict[str, Any]] = []
-            for dataset_id in sorted(claimed):
-                target, why = by_id[dataset_id]
-                # Renew the lease as this dataset's deletion starts, if the claim is still this sweep's: a chunk
-                # can take longer to delete than the lease, and a later sweep that took over a row still queued
-                # here deletes it itself; deleting it here too would delete it twice.
-                renewed = session.execute(
-                    update(Dataset)
-                    .where(Dataset.id == dataset_id, Dataset.state == DatasetState.DELETING, Dataset.claimed_at == now)
-                    .values(claimed_at=now + timedelta(seconds=time.monotonic() - started))
-                    .execution_options(synchronize_session=False)
-                )
-                session.commit()
-                if not changed(renewed):
-                    log.info("retention: %s was taken over by another sweep after this one's lease ran out", target)
-                    continue
-                try:
-                    deleter(target)
-                except Exception as exc:
-                    log.warning("retention: cannot delete %s: %s", target, exc)
-                    refused = isinstance(exc, DeletionRefused)
-                    failed.append(
-                        {"id": dataset_id, "uri": target, "reason": why, "error": str(exc), "refused": refused}
-                    )
-                else:
-                    deleted.append({"id": dataset_id, "uri": target, "reason": why})
-            if deleted:
-                session.execute(
-                    update(Dataset)
-                    .where(Dataset.id.in_([e["id"] for e in deleted]), Dataset.state == DatasetState.DELETING)
-                    .values(state=DatasetState.DELETED, deleted_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-                _audit_many(session, actor, "retention.delete", deleted)
-            for entry in failed:
-                reason = _FAILURE_NOTE.sub("", entry["reason"] or "")  # the last failure only, not one per sweep
-                values: dict[str, Any]
-                if entry["refused"]:
-                    # Retrying cannot help until the roots or the record change: no grace end and no
-                    # confirmation, so no sweep takes it again by itself; an owner who confirms again
-                    # (after fixing that) gets one more try.
-                    note = f"{reason}; deletion refused: {entry['error']}"
-                    values = {"reason": note, "delete_after": None, "confirmed_by": None}
-                else:
-                    values = {"reason": f"{reason}; delete failed: {entry['error']}"}  # the next sweep tries again
-                session.execute(
-                    update(Dataset)
-                    .where(Dataset.id == entry["id"], Dataset.state == DatasetState.DELETING)
-                    .values(state=DatasetState.PENDING_DELETION, **values)
-                )
-            _audit_many(session, actor, "retention.delete-refused", [e for e in failed if e["refused"]])
-            _audit_many(session, actor, "retention.delete-failed", [e for e in failed if not e["refused"]])
-            session.commit()
-            report.deleted.extend(deleted)
-            report.failed.extend(failed)
+        heartbeat = _Heartbeat(sessions, now, started, lease)
+        try:
+            _delete_claimed(
+                session, rows, due, now=now, deleter=deleter, heartbeat=heartbeat, actor=actor, report=report
+            )
+        finally:
+            heartbeat.stop()
     return report
+
+
+def _delete_claimed(
+    session: Session,
+    rows: Sequence[Any],
+    due: ColumnElement[bool],
+    *,
+    now: datetime,
+    deleter: Deleter,
+    heartbeat: _Heartbeat,
+    actor: str,
+    report: SweepReport,
+) -> None:
+    """Step 3 of :func:`sweep`: claim the due rows chunk by chunk, delete each claimed dataset, record the outcome."""
+    for chunk_rows in _chunks(rows, _CHUNK):
+        by_id: dict[int, tuple[str, str | None]] = {i: (uri, reason) for i, uri, reason in chunk_rows}
+        claimed = session.scalars(
+            update(Dataset)
+            .where(Dataset.id.in_(_lock(session, list(by_id), due)), due, ~protected_clause())
+            .values(state=DatasetState.DELETING, claimed_at=now)
+            .returning(Dataset.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        session.commit()  # the claims are visible to every other sweep before any file goes
+        # Rows not claimed: another sweep has them, or a run / pin / deployment protects them now.
+        deleted: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for dataset_id in sorted(claimed):
+            target, why = by_id[dataset_id]
+            # Renew the lease as this dataset's deletion starts, if the claim is still this sweep's: a chunk
+            # can take longer to delete than the lease, and a later sweep that took over a row still queued
+            # here deletes it itself; deleting it here too would delete it twice.
+            claimed_at = heartbeat.clock()
+            renewed = session.execute(
+                update(Dataset)
+                .where(Dataset.id == dataset_id, Dataset.state == DatasetState.DELETING, Dataset.claimed_at == now)
+                .values(claimed_at=claimed_at)
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+            if not changed(renewed):
+                log.info("retention: %s was taken over by another sweep after this one's lease ran out", target)
+                continue
+            try:
+                with heartbeat.beating(dataset_id, claimed_at):
+                    deleter(target)
+            except Exception as exc:
+                log.warning("retention: cannot delete %s: %s", target, exc)
+                refused = isinstance(exc, DeletionRefused)
+                failed.append({"id": dataset_id, "uri": target, "reason": why, "error": str(exc), "refused": refused})
+            else:
+                deleted.append({"id": dataset_id, "uri": target, "reason": why})
+        if deleted:
+            session.execute(
+                update(Dataset)
+                .where(Dataset.id.in_([e["id"] for e in deleted]), Dataset.state == DatasetState.DELETING)
+                .values(state=DatasetState.DELETED, deleted_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            _audit_many(session, actor, "retention.delete", deleted)
+        for entry in failed:
+            reason = _FAILURE_NOTE.sub("", entry["reason"] or "")  # the last failure only, not one per sweep
+            values: dict[str, Any]
+            if entry["refused"]:
+                # Retrying cannot help until the roots or the record change: no grace end and no
+                # confirmation, so no sweep takes it again by itself; an owner who confirms again
+                # (after fixing that) gets one more try.
+                note = f"{reason}; deletion refused: {entry['error']}"
+                values = {"reason": note, "delete_after": None, "confirmed_by": None}
+            else:
+                values = {"reason": f"{reason}; delete failed: {entry['error']}"}  # the next sweep tries again
+            session.execute(
+                update(Dataset)
+                .where(Dataset.id == entry["id"], Dataset.state == DatasetState.DELETING)
+                .values(state=DatasetState.PENDING_DELETION, **values)
+            )
+        _audit_many(session, actor, "retention.delete-refused", [e for e in failed if e["refused"]])
+        _audit_many(session, actor, "retention.delete-failed", [e for e in failed if not e["refused"]])
+        session.commit()
+        report.deleted.extend(deleted)
+        report.failed.extend(failed)
 
 
 class PeriodicSweeper:

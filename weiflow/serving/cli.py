@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 from weiflow.config import Settings
@@ -44,17 +46,21 @@ def build_service(options: ServerOptions) -> Any:
         if service is not None:
             service.model_changed(model, version, state)
 
+    def readable(model: str, readable: bool) -> None:
+        if service is not None:
+            service.metrics.repository_readable.labels(model).set(1 if readable else 0)
+
     poll_s = float(options.file_system_poll_wait_seconds) or 0.0
     if options.repository:
         manager = ModelManager.for_repository(
-            options.repository, only=options.repository_models, poll_s=poll_s, on_change=changed
+            options.repository, only=options.repository_models, poll_s=poll_s, on_change=changed, on_readable=readable
         )
     else:
         served = [
             ServedModel(c.name, c.base_path, c.version_policy, c.version_labels, routed=False)
             for c in options.model_configs()
         ]
-        manager = ModelManager(served, poll_s=poll_s, on_change=changed)
+        manager = ModelManager(served, poll_s=poll_s, on_change=changed, on_readable=readable)
     service = PredictionService(
         manager, batching=options.batching_parameters(), max_request_bytes=options.max_request_bytes
     )
@@ -91,5 +97,13 @@ def main(argv: Sequence[str], settings: Settings) -> int:
 
     app = create_app(build_service(options))
     print(f"weiflow serve: REST API on {where} (models load first)", file=sys.stderr, flush=True)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again for the handler it found installed: this
+    # one, so that a stop that was asked for ends with status 0 (as --workers and the center do), not as a process
+    # killed by SIGTERM (143, which Kubernetes reports as an error).
+    signal.signal(signal.SIGTERM, _stop_asked)
     uvicorn.Server(uvicorn.Config(app, host=options.rest_api_host, port=port, **UVICORN_OPTIONS)).run()
     return 0
+
+
+def _stop_asked(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

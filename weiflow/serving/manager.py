@@ -155,7 +155,7 @@ class _Model:
     active: _Target | None = None  # what requests are routed by; a poll's target replaces it once all loaded
     routing: Routing | None = None  # the last good routing file read
     routing_problem: str | None = None  # the last problem logged, so a damaged file is logged once
-    missing_logged: bool = False
+    readable: bool | None = None  # whether the last scan could list the base path (None: not scanned yet)
 
 
 class ModelManager:
@@ -169,6 +169,7 @@ class ModelManager:
         loader: Loader | None = None,
         warm: bool = True,
         on_change: Callable[[str, int, str], None] | None = None,
+        on_readable: Callable[[str, bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         drain_s: float = DEFAULT_DRAIN_S,
         rng: random.Random | None = None,
@@ -191,6 +192,7 @@ class ModelManager:
         self._loader = loader or _load_servable
         self._warm = warm
         self._on_change = on_change
+        self._on_readable = on_readable
         self._clock = clock
         self._drain_s = drain_s
         # Unkeyed requests draw by the split. random.Random() seeds itself from os.urandom, so
@@ -477,7 +479,7 @@ class ModelManager:
         except OSError as exc:
             with self._lock:
                 serving = sorted(v for v, e in model.versions.items() if e.state == AVAILABLE)
-            if not model.missing_logged:
+            if model.readable is not False:  # logged once per outage
                 if serving:
                     log.error(
                         "model '%s': cannot list %s (%s); version(s) %s keep serving until it is readable again",
@@ -488,11 +490,12 @@ class ModelManager:
                     )
                 else:
                     log.warning("model '%s': cannot list %s (%s); no versions yet", model.served.name, base, exc)
-                model.missing_logged = True
+                self._set_readable(model, False)
             return None if serving else {}
-        if model.missing_logged:
+        if model.readable is False:
             log.info("model '%s': %s is readable again", model.served.name, base)
-        model.missing_logged = False
+        if model.readable is not True:
+            self._set_readable(model, True)
         found = {}
         for entry_name in names:
             number = parse_version(entry_name)
@@ -613,6 +616,15 @@ class ModelManager:
             log.info("model '%s': routing generation %d in effect (%s)", name, after.routing.generation, split)
         else:
             log.info("model '%s': serving versions %s", name, ", ".join(map(str, sorted(after.needed))) or "none")
+
+    def _set_readable(self, model: _Model, readable: bool) -> None:
+        model.readable = readable
+        if self._on_readable is None:
+            return
+        try:
+            self._on_readable(model.served.name, readable)
+        except Exception:  # as for _notify
+            log.exception("model '%s': the on_readable hook failed", model.served.name)
 
     def _notify(self, name: str, version: int, state: str) -> None:
         if self._on_change is None:

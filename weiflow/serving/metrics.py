@@ -82,6 +82,14 @@ class ServingMetrics:
             multiprocess_mode="max",
         )
 
+        self.repository_readable = Gauge(
+            "weiflow_serving_repository_readable",
+            "1 while a model's directory can be listed, 0 while it cannot (its loaded versions keep serving)",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemin",  # any worker that cannot read it says so
+        )
+
     def set_state(self, model: str, version: int, state: str) -> None:
         for known in _MODEL_STATES:
             self.model_state.labels(model, str(version), known).set(1 if known == state else 0)

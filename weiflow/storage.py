@@ -380,6 +380,24 @@ class StorageRoots:
         return f"a symbolic link on its way leads {outside}" if outside else None
 
 
+def _deleting_name(name: str) -> str | None:
+    """The hidden name a directory being deleted takes (None when the name is too long to extend)."""
+    hidden = f".{name}.weiflow-deleting"
+    return hidden if len(hidden.encode()) <= 255 else None
+
+
+def _remove_entry(name: str, dir_fd: int) -> None:
+    """Remove ``name`` in the directory ``dir_fd``: a directory with all it holds, or a file or link itself."""
+    try:
+        mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
 class RootedDeleter:
     """Deletes a dataset's files only when they lie strictly inside one of ``roots`` (the ``storage_roots`` setting).
 
@@ -465,16 +483,23 @@ class RootedDeleter:
                 os.close(fd)
                 fd = below
             name = parts[-1]
+            hidden = _deleting_name(name)
+            if hidden is not None:
+                _remove_entry(hidden, fd)  # what a deletion that died halfway left
             try:
                 mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
             except FileNotFoundError:
                 return
             if stat.S_ISLNK(mode):
                 raise self._refuse(uri, "it became a symbolic link")
-            if stat.S_ISDIR(mode):
-                shutil.rmtree(name, dir_fd=fd)
+            if stat.S_ISDIR(mode) and hidden is not None:
+                # Out of sight in one rename, then removed: a node checking its input meanwhile finds the dataset
+                # whole or gone, never half-deleted; a writer committing the same name after the rename keeps
+                # what it committed.
+                os.rename(name, hidden, src_dir_fd=fd, dst_dir_fd=fd)
+                shutil.rmtree(hidden, dir_fd=fd)
             else:
-                os.unlink(name, dir_fd=fd)
+                _remove_entry(name, fd)
         finally:
             os.close(fd)
 
@@ -491,4 +516,9 @@ class RootedDeleter:
             raise self._refuse(uri, f"outside every {protocol} storage root")
         fs, fs_path = fsspec.core.url_to_fs(uri)
         if fs.exists(fs_path):
+            # An object store renames nothing atomically: the completion marker goes first, so a node checking
+            # its input meanwhile finds it incomplete (a clear error), never complete with files missing.
+            marker = f"{fs_path.rstrip('/')}/{SUCCESS_MARKER}"
+            if fs.exists(marker):
+                fs.rm(marker)
             fs.rm(fs_path, recursive=True)

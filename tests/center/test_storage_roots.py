@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -21,6 +23,7 @@ from weiflow.center.ingest import ingest_events
 from weiflow.center.models import Dataset
 from weiflow.center.retention import DeletionRefused, RootedDeleter, sweep
 from weiflow.errors import ConfigError
+from weiflow.storage import is_complete
 from weiflow.tracking import DatasetInfo, Event, EventKind
 
 
@@ -124,6 +127,57 @@ def test_a_directory_swapped_for_a_link_after_the_check_fails_the_walk(store: Pa
     with pytest.raises(DeletionRefused, match="became a symbolic link"):
         delete._remove_beneath(f"file://{store}/c/b", str(store), ("c", "b"))
     assert (victim / "part-0").is_file()
+
+
+@pytest.mark.reliability(
+    area="retention",
+    component="retention deleter (local storage)",
+    fault="a node checks its input while the dataset is being deleted; a deletion that died halfway",
+    proves="the dataset leaves in one rename, before any file goes: at every moment of the removal it is "
+    "gone as a whole (the node's input check fails naming it), never half there; a later deletion removes "
+    "what a dead one left",
+)
+def test_a_dataset_disappears_whole_before_its_files_are_removed(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = dataset(store / "feed" / "samples")
+    (target / "_SUCCESS").write_text("{}")
+    (target / "part-1").write_text("more")
+    uri = f"file://{target}"
+    seen: list[tuple[bool, bool]] = []
+    real_rmtree = shutil.rmtree
+
+    def watched_rmtree(path: str, *args: Any, **kwargs: Any) -> None:
+        seen.append((target.exists(), is_complete(uri)))  # what a reader sees as the files go
+        real_rmtree(path, *args, **kwargs)
+
+    watched_rmtree.avoids_symlink_attacks = real_rmtree.avoids_symlink_attacks  # type: ignore[attr-defined]
+    monkeypatch.setattr(shutil, "rmtree", watched_rmtree)
+    RootedDeleter([f"file://{store}"])(uri)
+    assert seen == [(False, False)]
+    assert sorted(p.name for p in target.parent.iterdir()) == []  # nothing hidden left either
+
+    # A sweep that died between the rename and the end of the removal left the hidden directory; the sweep
+    # taking its claim over finds the dataset gone and removes the rest.
+    left = dataset(target.parent / ".samples.weiflow-deleting")
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    RootedDeleter([f"file://{store}"])(uri)
+    assert not left.exists() and list(target.parent.iterdir()) == []
+
+
+def test_on_an_object_store_the_completion_marker_goes_first(memory_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs = fsspec.filesystem("memory")
+    for name in ("part-0", "part-1", "_SUCCESS"):
+        with fs.open(f"{memory_root}/ds/{name}", "w") as handle:
+            handle.write("x")
+    removed: list[str] = []
+    real_rm = type(fs).rm
+
+    def recording_rm(self: Any, path: str, *args: Any, **kwargs: Any) -> None:
+        removed.append(path.rsplit("/", 1)[1])
+        real_rm(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(type(fs), "rm", recording_rm)
+    RootedDeleter([memory_root])(f"{memory_root}/ds")
+    assert removed == ["_SUCCESS", "ds"] and not fs.exists(f"{memory_root}/ds")
 
 
 @pytest.fixture

@@ -225,6 +225,12 @@ def test_terminate_stops_the_whole_group_even_what_ignores_sigterm() -> None:
     assert app.cancelled
 
 
+@pytest.mark.reliability(
+    area="kill",
+    component="Spark node through spark-submit",
+    fault="its run-node SIGKILLed (no handler runs)",
+    proves="the spark-submit process it started is gone within 10 s (PDEATHSIG): no orphaned application",
+)
 def test_spark_submit_dies_with_its_parent(tmp_path: Path) -> None:
     """A run-node killed with SIGKILL (no handler runs) takes its spark-submit with it."""
     parent_code = """
@@ -429,6 +435,13 @@ def test_run_node_through_spark_submit_commits_and_relays_events(
 
 @pytest.mark.slow
 @pytest.mark.integration
+@pytest.mark.reliability(
+    area="kill",
+    component="Spark node through spark-submit",
+    fault="cancelled mid-write: SIGTERM to the spark-submit process group (run-node's own SIGTERM handling)",
+    proves="the JVM and the Python driver gone within 10 s, no SIGKILL needed; node.failed 'cancelled'; the "
+    "dataset not complete",
+)
 def test_cancel_stops_the_spark_submit_process_group(
     raw_parquet: Path, make_spec: Callable[..., Path], isolated_var: Path, submit_env: None
 ) -> None:

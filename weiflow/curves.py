@@ -15,14 +15,15 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["MAX_POINTS_PER_SERIES", "binned_auc", "draw_curve", "read_progress"]
+__all__ = ["MAX_POINTS_PER_SERIES", "binned_auc", "downsample", "draw_curve", "read_progress"]
 
-# More points than a figure a few hundred pixels wide can show: longer series keep every k-th point.
+# More points than a figure a few hundred pixels wide can show: a longer series keeps this many, evenly spread.
 MAX_POINTS_PER_SERIES = 500
+T = TypeVar("T")
 # matplotlib keeps process-wide state (font caches, the rcParams it reads while drawing) and does not
 # promise thread safety; a curve takes a fraction of a second, so one is drawn at a time.
 _DRAWING = threading.Lock()
@@ -59,6 +60,17 @@ def binned_auc(positive: Any, negative: Any) -> float | None:
     return float(np.sum(pos * (negatives_below + neg / 2)) / (pos_total * neg_total))
 
 
+def downsample(items: Sequence[T], limit: int = MAX_POINTS_PER_SERIES) -> list[T]:
+    """At most ``limit`` of ``items``, evenly spread, always keeping the first and the last (the one people
+    look for): more points than a chart's width in pixels draw nothing more."""
+    if len(items) <= limit:
+        return list(items)
+    if limit < 2:
+        return list(items[-limit:]) if limit > 0 else []
+    last = len(items) - 1
+    return [items[round(i * last / (limit - 1))] for i in range(limit)]
+
+
 def _series(points: Iterable[Mapping[str, Any]], field: str) -> dict[int, tuple[list[int], list[float]]]:
     """``{worker: (steps, values)}`` of the finite values of ``field``, in step order, thinned to the cap."""
     by_worker: dict[int, list[tuple[int, float]]] = {}
@@ -68,11 +80,7 @@ def _series(points: Iterable[Mapping[str, Any]], field: str) -> dict[int, tuple[
             by_worker.setdefault(int(point.get("worker", 0)), []).append((int(point["step"]), float(value)))
     series = {}
     for worker, pairs in sorted(by_worker.items()):
-        pairs.sort()
-        every = max(1, math.ceil(len(pairs) / MAX_POINTS_PER_SERIES))
-        kept = pairs[::every]
-        if kept[-1] != pairs[-1]:
-            kept.append(pairs[-1])  # the last point is the one people look for
+        kept = downsample(sorted(pairs))
         series[worker] = ([s for s, _ in kept], [v for _, v in kept])
     return series
 

@@ -24,8 +24,9 @@ from weiflow.center.console import CSP
 from weiflow.center.db import alembic_config, migrate
 from weiflow.center.ingest import ingest_events, parse_events
 from weiflow.center.models import Model, ModuleRun, NodeRun, Pipeline, ProgressPoint, Role, Run
-from weiflow.center.progress import MAX_POINTS_PER_SERIES, downsample, run_progress
+from weiflow.center.progress import run_progress
 from weiflow.center.repository import Principal, list_runs, run_detail
+from weiflow.curves import MAX_POINTS_PER_SERIES, downsample
 from weiflow.tracking import PROGRESS_FIELDS, Event, EventKind
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)

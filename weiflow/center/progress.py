@@ -1,7 +1,7 @@
 """Training curves: the progress points a run's modules reported, as the console and the API show them.
 
 Storage is bounded at ingestion (:data:`MAX_POINTS_PER_MODULE`); what is read back is bounded again per
-line (:data:`MAX_POINTS_PER_SERIES`), so a chart or an API answer stays small however long a run trained.
+line (:data:`weiflow.curves.MAX_POINTS_PER_SERIES`), so a chart or an API answer stays small however long a run trained.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from weiflow.center.models import ProgressPoint
+from weiflow.curves import downsample
 
-__all__ = ["MAX_POINTS_PER_MODULE", "MAX_POINTS_PER_SERIES", "curve_summaries", "downsample", "run_progress"]
+__all__ = ["MAX_POINTS_PER_MODULE", "curve_summaries", "run_progress"]
 
 # A training run reports 80 to 200 points (one per scheduled call of about a hundred steps, per worker);
 # 5,000 per (run, node, module), across its attempts, leaves room for long runs and retries while a
@@ -21,18 +22,6 @@ __all__ = ["MAX_POINTS_PER_MODULE", "MAX_POINTS_PER_SERIES", "curve_summaries", 
 # at the same moment by two center processes each count before the other commits, so the bound can be passed by
 # at most those batches' points: still bounded.)
 MAX_POINTS_PER_MODULE = 5_000
-# Per worker's line: more points than a chart's width in pixels draw nothing more.
-MAX_POINTS_PER_SERIES = 500
-
-
-def downsample(items: list[Any], limit: int = MAX_POINTS_PER_SERIES) -> list[Any]:
-    """At most ``limit`` of ``items``, evenly spread, always keeping the first and the last."""
-    if len(items) <= limit:
-        return list(items)
-    if limit < 2:
-        return items[-limit:] if limit > 0 else []
-    last = len(items) - 1
-    return [items[round(i * last / (limit - 1))] for i in range(limit)]
 
 
 def run_progress(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,39 +27,21 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    ignored_auth,
-    negative_data_rejection,
-    positive_data_acceptance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.specs.openapi.checks import ignored_auth, negative_data_rejection
 
 from tests.center.servers import add_users, database_url, running_center
+from tests.fuzzing import CHECKS, REQUEST_TIMEOUT_S, examples_per_case, fuzz_operation
 from weiflow.center.models import Role
 from weiflow.tracking import DatasetInfo, Event, EventKind
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("WEIFLOW_FUZZ_EXAMPLES", "20"))
-REQUEST_TIMEOUT_S = 10.0
+EXAMPLES = examples_per_case(20)
 
-CHECKS = [
-    not_a_server_error,
-    response_schema_conformance,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    negative_data_rejection,
-    positive_data_acceptance,
-    ignored_auth,
-]
+# And a 401 once the token is taken away.
+CENTER_CHECKS = [*CHECKS, ignored_auth]
 
 OPERATIONS = [
     "GET /api/v1/me",
@@ -160,15 +141,6 @@ def center(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             yield center
 
 
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-
-
 @pytest.fixture(scope="module")
 def api(center: Center) -> schemathesis.BaseSchema:
     """The schema schemathesis generates requests from, sent to ``center``."""
@@ -204,14 +176,9 @@ def test_fuzz(api: schemathesis.BaseSchema, center: Center, label: str, user: st
     else:
         examples = EXAMPLES
 
-    @settings(FUZZ, max_examples=examples)
-    @given(case=operation.as_strategy(generation_mode=mode))
-    def fuzz(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate(
-            headers=headers, checks=CHECKS, excluded_checks=EXCLUDED.get(label, []), timeout=REQUEST_TIMEOUT_S
-        )
-
-    fuzz()
+    fuzz_operation(
+        operation, mode, examples=examples, checks=CENTER_CHECKS, excluded=EXCLUDED.get(label), headers=headers
+    )
 
 
 def test_the_center_still_answers_every_list_after_fuzzing(center: Center) -> None:

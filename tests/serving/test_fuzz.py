@@ -18,7 +18,6 @@ scored, not merely refused.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,39 +26,20 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
 from schemathesis.core.result import Ok
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    negative_data_rejection,
-    positive_data_acceptance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from tests.fuzzing import REQUEST_TIMEOUT_S, examples_per_case, fuzz_operation
 from tests.serving.test_server import MODEL, serving_version_1
 from weiflow.serving.openapi import DESCRIPTION_PATH, description
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("WEIFLOW_FUZZ_EXAMPLES", "10"))
-REQUEST_TIMEOUT_S = 10.0
+EXAMPLES = examples_per_case(10)
 # The ids the test model's embeddings take (8 each). An enum, not an integer range: JSON Schema counts 5.0 as an
 # integer, and TensorFlow Serving refuses it for an int64 input.
 IDS = {"enum": list(range(8))}
-
-CHECKS = [
-    not_a_server_error,
-    response_schema_conformance,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    negative_data_rejection,
-    positive_data_acceptance,
-]
 
 NO_INPUT = {
     "GET /v2/health/live",
@@ -153,10 +133,6 @@ EXCLUDED: dict[str, list[schemathesis.CheckFunction]] = {
     label: [positive_data_acceptance] for label in OPERATIONS if label.endswith((":classify", ":regress"))
 }
 
-FUZZ = settings(
-    max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
-)
-
 
 def test_every_operation_is_fuzzed(apis: dict[GenerationMode, schemathesis.BaseSchema]) -> None:
     for api in apis.values():
@@ -186,13 +162,7 @@ def test_fuzz(apis: dict[GenerationMode, schemathesis.BaseSchema], label: str, m
     operation = apis[mode][path][method]
     # Operations that take nothing, or refuse everything, say all they can in a few examples.
     examples = max(2, EXAMPLES // 4) if label in NO_INPUT or label in EXCLUDED else EXAMPLES
-
-    @settings(FUZZ, max_examples=examples)
-    @given(case=operation.as_strategy(generation_mode=mode))
-    def fuzz(case: schemathesis.Case[Any]) -> None:
-        case.call_and_validate(checks=CHECKS, excluded_checks=EXCLUDED.get(label, []), timeout=REQUEST_TIMEOUT_S)
-
-    fuzz()
+    fuzz_operation(operation, mode, examples=examples, excluded=EXCLUDED.get(label))
 
 
 def test_the_service_still_scores_after_fuzzing(service: Service) -> None:

@@ -46,6 +46,8 @@ AREAS = {
 FIELDS = ("area", "component", "fault", "proves")
 LONG_ENV = "WEIFLOW_RELIABILITY_LONG"
 TESTS = Path(__file__).resolve().parent
+# (component, fault) of the cell the search of the run's logs for secrets fills (tests/secrets_plugin.py).
+SECRETS_CELL = ("every log of the test run", "a token or password written to a log")
 
 
 def long_run() -> bool:
@@ -135,6 +137,11 @@ class _Report:
         self.path = path
         self.cells: dict[tuple[str, str, str], _Cell] = {}
         self.by_test: dict[str, _Cell] = {}
+        self.partial = False  # some marked tests left out (-k, -m): this run's logs are not the matrix's
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        if any(item.get_closest_marker("reliability") for item in items):
+            self.partial = True
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         for item in items:
@@ -163,12 +170,11 @@ class _Report:
     def add_secrets_search(self, session: pytest.Session) -> None:
         """The search of every log of this run for its secrets (tests/secrets_plugin.py), as a cell of its own."""
         search = session.config.pluginmanager.get_plugin(secrets_plugin.PLUGIN)
-        if not isinstance(search, secrets_plugin.Search) or not self.by_test:
+        if not isinstance(search, secrets_plugin.Search) or not self.by_test or self.partial:
             return
         cell = _Cell(
             "access",
-            "every log of the test run",
-            "a token or password written to a log",
+            *SECRETS_CELL,
             "no WeiFlow token and no registered password or JWT in any log file or captured stderr or log record "
             f"of the run (last: {search.files} files, {search.megabytes:.0f} MiB, {search.sections} sections)",
         )
@@ -191,7 +197,7 @@ class _Report:
         if data_path.is_file():
             known = {cell.key(): cell for cell in map(_Cell.from_json, json.loads(data_path.read_text()))}
         # A cell whose marker is gone from the tests (renamed, reworded, removed) leaves the report with it.
-        current = cells_in_source() | {(cell.component, cell.fault) for cell in self.cells.values()}
+        current = cells_in_source() | {SECRETS_CELL} | {(cell.component, cell.fault) for cell in self.cells.values()}
         known = {key: cell for key, cell in known.items() if (cell.component, cell.fault) in current}
         stamp, version = f"{datetime.now(UTC):%Y-%m-%d %H:%M}", "long" if long_run() else "short"
         for key, cell in ran.items():

@@ -30,10 +30,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the synthetic samples live with the tests that also use them
 
+sys.path.insert(0, str(REPO / "bench"))
+
+from wide_deep import TRAINER, train  # noqa: E402
+
 from tests.engines.tensorflow.samples import write_samples  # noqa: E402
-from weiflow.engines.tensorflow.cluster import ClusterJob, LocalCluster  # noqa: E402
-from weiflow.engines.tensorflow.executor import model_inputs, read_samples  # noqa: E402
-from weiflow.engines.tensorflow.job import TrainJob  # noqa: E402
+from weiflow.engines.tensorflow.executor import read_samples  # noqa: E402
 
 # (name, ps, workers, optimizer)
 RUNS = [
@@ -43,7 +45,6 @@ RUNS = [
     ("1 PS + 4 workers, sgd", 1, 4, "sgd"),
     ("1 PS + 4 workers, dc-asgd", 1, 4, "dc-asgd"),
 ]
-_CHIEF = (sys.executable, "-m", "weiflow.engines.tensorflow.trainer")
 
 
 def run(
@@ -57,44 +58,26 @@ def run(
     optimizer: str,
     learning_rate: float,
 ) -> dict[str, Any]:
-    samples = read_samples("samples", f"file://{samples_dir}")
-    run_dir = work / f"ps{ps}-w{workers}-{optimizer}-lr{learning_rate}"
-    run_dir.mkdir()
-    job = TrainJob(
-        model="wide_deep",
-        inputs=model_inputs(samples, "label"),
-        label="label",
-        train=samples.data,
-        checkpoint_dir=str(run_dir / "checkpoints"),
-        result_file=str(run_dir / "result.json"),
-        model_attrs={"hidden-units": [64, 32]},
+    started = time.monotonic()
+    job_file, result = train(
+        work / f"ps{ps}-w{workers}-{optimizer}-lr{learning_rate}",
+        samples_dir,
+        ps=ps,
+        workers=workers,
+        steps=args.steps,
+        every=args.steps,
+        cache_dir=work / "cache",
         optimizer=optimizer,
         learning_rate=learning_rate,
         dc_variant=args.dc_variant,
         dc_lambda=args.dc_lambda,
-        batch_size=512,
-        steps=args.steps,
-        checkpoint_every=args.steps,
-        cache_dir=str(work / "cache"),
-    )
-    job_file = run_dir / "job.json"
-    job_file.write_text(job.to_json())
-    started = time.monotonic()
-    LocalCluster(run_dir / "logs").run(
-        ClusterJob(
-            name=f"bench-dc-{ps}-{workers}-{optimizer}",
-            ps=ps,
-            workers=workers,
-            chief_argv=(*_CHIEF, "train", str(job_file)),
-            env={"TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
     )
     wall = time.monotonic() - started
-    result: dict[str, Any] = json.loads((run_dir / "result.json").read_text())
+    run_dir = job_file.parent
     holdout = read_samples("holdout", f"file://{holdout_dir}").data
     spec, out = run_dir / "evaluate.json", run_dir / "metrics.json"
     spec.write_text(json.dumps({"data": asdict(holdout), "metrics": ["auc", "logloss"]}))
-    subprocess.run([*_CHIEF, "evaluate", str(job_file), str(spec), str(out)], check=True)
+    subprocess.run([*TRAINER, "evaluate", str(job_file), str(spec), str(out)], check=True)
     return {**result, **json.loads(out.read_text()), "wall_s": wall}
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the synthetic samples live with the tests that also use them
+sys.path.insert(0, str(REPO / "bench"))
 
 ROW = {"age": 31.5, "city": "city7", "uid": 1234, "hist_ctr": 0.12}
 BATCHING = """
@@ -133,38 +134,16 @@ def load(url: str, path: str, *, clients: int, seconds: float, limit: int = 10**
 
 def prepare_model(work: Path, rows: int, steps: int) -> Path:
     """Train a wide & deep model briefly and export it with the TensorFlow engine; publish it as version 1."""
+    from wide_deep import TF_ENV, TRAINER, train
+
     from tests.engines.tensorflow.samples import write_samples
     from tests.modelrepo.conftest import manifest_for
-    from weiflow.engines.tensorflow.cluster import ClusterJob, LocalCluster
-    from weiflow.engines.tensorflow.executor import model_inputs, read_samples
-    from weiflow.engines.tensorflow.job import TrainJob
     from weiflow.modelrepo import FEATURE_MAP_PATH, FileRepository, update_routing
 
     samples_dir = write_samples(work / "samples", rows, files=2)
-    samples = read_samples("samples", f"file://{samples_dir}")
-    job = TrainJob(
-        model="wide_deep",
-        inputs=model_inputs(samples, "label"),
-        label="label",
-        train=samples.data,
-        checkpoint_dir=str(work / "checkpoints"),
-        result_file=str(work / "result.json"),
-        model_attrs={"hidden-units": [64, 32]},
-        batch_size=512,
-        steps=steps,
-        checkpoint_every=steps,
-        cache_dir=str(work / "cache"),
-    )
-    (work / "job.json").write_text(job.to_json())
-    trainer = (sys.executable, "-m", "weiflow.engines.tensorflow.trainer")
-    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
-    LocalCluster(work / "logs").run(
-        ClusterJob(
-            name="bench-serving", ps=0, workers=1, chief_argv=(*trainer, "train", str(work / "job.json")), env=env
-        )
-    )
+    job_file, _result = train(work, samples_dir, ps=0, workers=1, steps=steps, every=steps, cache_dir=work / "cache")
     export = work / "export"
-    subprocess.run([*trainer, "export", str(work / "job.json"), str(export)], check=True, env={**os.environ, **env})
+    subprocess.run([*TRAINER, "export", str(job_file), str(export)], check=True, env={**os.environ, **TF_ENV})
     (export / FEATURE_MAP_PATH).parent.mkdir(exist_ok=True)
     shutil.copy(samples_dir / "_featuremap.json", export / FEATURE_MAP_PATH)
     repository = FileRepository(str(work / "models"))

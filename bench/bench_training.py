@@ -13,7 +13,6 @@ Target on a 2-core machine: 1 PS + 1 worker >= 0.7 x single-process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,40 +21,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the synthetic samples live with the tests that also use them
 
+sys.path.insert(0, str(REPO / "bench"))
+
+from wide_deep import train  # noqa: E402
+
 from tests.engines.tensorflow.samples import write_samples  # noqa: E402
-from weiflow.engines.tensorflow.cluster import ClusterJob, LocalCluster  # noqa: E402
-from weiflow.engines.tensorflow.executor import model_inputs, read_samples  # noqa: E402
-from weiflow.engines.tensorflow.job import TrainJob  # noqa: E402
 
 LAYOUTS = [("single process", 0, 1), ("1 PS + 1 worker", 1, 1), ("1 PS + 2 workers", 1, 2)]
-
-
-def run(work: Path, samples_dir: Path, *, ps: int, workers: int, steps: int, every: int) -> dict[str, float]:
-    samples = read_samples("samples", f"file://{samples_dir}")
-    run_dir = work / f"ps{ps}-w{workers}"
-    run_dir.mkdir()
-    job = TrainJob(
-        model="wide_deep",
-        inputs=model_inputs(samples, "label"),
-        label="label",
-        train=samples.data,
-        checkpoint_dir=str(run_dir / "checkpoints"),
-        result_file=str(run_dir / "result.json"),
-        model_attrs={"hidden-units": [64, 32]},
-        batch_size=512,
-        steps=steps,
-        checkpoint_every=every,
-        cache_dir=str(work / "cache"),
-    )
-    (run_dir / "job.json").write_text(job.to_json())
-    chief = (sys.executable, "-m", "weiflow.engines.tensorflow.trainer", "train", str(run_dir / "job.json"))
-    LocalCluster(run_dir / "logs").run(
-        ClusterJob(
-            name=f"bench-{ps}-{workers}", ps=ps, workers=workers, chief_argv=chief, env={"TF_CPP_MIN_LOG_LEVEL": "2"}
-        )
-    )
-    result: dict[str, float] = json.loads((run_dir / "result.json").read_text())
-    return result
 
 
 def main() -> None:
@@ -74,7 +46,15 @@ def main() -> None:
         print(f"wide & deep, batch 512, {steps} steps, {rows:,} rows in 8 files (checkpoint every {every} steps)")
         rates = {}
         for name, ps, workers in LAYOUTS:
-            result = run(work, samples_dir, ps=ps, workers=workers, steps=steps, every=every)
+            _job, result = train(
+                work / f"ps{ps}-w{workers}",
+                samples_dir,
+                ps=ps,
+                workers=workers,
+                steps=steps,
+                every=every,
+                cache_dir=work / "cache",
+            )
             rates[name] = result["steady_examples_per_s"]
             print(f"  {name:18s} {rates[name]:>10,.0f} examples/s  (loss {result['loss']:.4f})", flush=True)
         single = rates["single process"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -52,16 +53,21 @@ class Up:
         return found.group(1)
 
     @property
+    def credentials(self) -> dict[str, str]:
+        """The login the banner points to (it prints the file, never the password or the token)."""
+        found = re.search(r"password in (\S+)\)", self.line("Airflow UI"))
+        assert found and f"API token in {found.group(1)}" in self.line("center API docs")
+        kept: dict[str, str] = json.loads(Path(found.group(1)).read_text())
+        assert kept["password"] not in self.banner and kept["token"] not in self.banner
+        return kept
+
+    @property
     def token(self) -> str:
-        found = re.search(r"API token: (\S+)\)", self.line("center API docs"))
-        assert found
-        return found.group(1)
+        return self.credentials["token"]
 
     @property
     def password(self) -> str:
-        found = re.search(r"password (\S+)\)", self.line("Airflow UI"))
-        assert found
-        return found.group(1)
+        return self.credentials["password"]
 
     def descendants(self) -> list[psutil.Process]:
         children: list[psutil.Process] = psutil.Process(self.process.pid).children(recursive=True)

@@ -311,7 +311,8 @@ def main(argv: Sequence[str], settings: Settings) -> int:
             airflow_url=airflow_url,
             serve_url=serve_url,
             repository=repository,
-            credentials=credentials,
+            credentials=up_dir / "credentials.json",
+            user=credentials.user,
             took_s=time.monotonic() - started,
         )
         dead = watch(children)
@@ -353,18 +354,20 @@ def _start(name: str, weiflow_args: list[str], env: Mapping[str, str], logs: Pat
 
 
 def _print_banner(
-    *, center_url: str, airflow_url: str, serve_url: str, repository: Path, credentials: Credentials, took_s: float
+    *, center_url: str, airflow_url: str, serve_url: str, repository: Path, credentials: Path, user: str, took_s: float
 ) -> None:
-    login = f"user {credentials.user}, password {credentials.password}"
+    # The password and the token stay in the credentials file: a terminal's scrollback, a CI log or a service
+    # manager's journal is not a place for them.
+    login = f"user {user}; password in {credentials}"
     has_models = any(entry.is_dir() and not entry.name.startswith(".") for entry in repository.iterdir())
     models = "" if has_models else "; no model yet: each is served from its first publish"
     lines = [
         f"WeiFlow is up ({took_s:.0f} s):",
         f"  console             {center_url}/   ({login})",
-        f"  center API docs     {center_url}/api/docs   (API token: {credentials.token})",
+        f"  center API docs     {center_url}/api/docs   (API token in {credentials})",
         f"  Airflow UI          {airflow_url}/   ({login})",
         f"  prediction service  {serve_url}/v1/models/<model>   (repository {repository}{models})",
-        f"  for weiflow status:  export WEIFLOW_CENTER_URL={center_url} WEIFLOW_CENTER_TOKEN={credentials.token}",
+        f"  for weiflow status:  export WEIFLOW_CENTER_URL={center_url} WEIFLOW_CENTER_TOKEN=<its token>",
         "Ctrl-C stops everything.",
     ]
     print("\n".join(lines), flush=True)

@@ -39,8 +39,8 @@ SETUP_AND_DEMO_TIMEOUT_S = 1500
 ROWS, STEPS = 100_000, 3000  # a quarter of the demo's default size (400k rows, 8,000 steps)
 # What decides what ./dev installs: when the clone's equal this checkout's, this checkout's venv is the clone's.
 INSTALL_INPUTS = ("pyproject.toml", "requirements/constraints.txt", "dev")
-# Fast, and cannot reach this module: the docs' checks and the spec tests.
-TEST_SUBSET = "-q -p no:cacheprovider tests/test_docs.py tests/spec"
+# Fast, and cannot reach this module: the docs' checks.
+TEST_SUBSET = "-q -p no:cacheprovider tests/test_docs.py"
 
 
 def quickstart_commands(readme: str) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyspark
 import pytest
 
+from tests.reliability_plugin import long_run
 from weiflow.processes import free_port
 from weiflow.storage import SUCCESS_MARKER, is_complete
 from weiflow.tracking import EventKind, read_events, run_log_path
@@ -253,9 +254,14 @@ def test_the_same_node_runs_on_a_standalone_cluster(tmp_path: Path, standalone_m
 @pytest.mark.reliability(
     area="kill",
     component="Spark run-node",
-    fault="SIGTERM to its group mid-write (Airflow's on_kill)",
+    fault="SIGTERM to its group mid-write (Airflow's on_kill; the long run)",
     proves="exit 130 and node.failed 'cancelled' in the run log; no dataset looks complete; no process of its group "
     "left (/proc); the rerun writes it whole (row count)",
+)
+@pytest.mark.skipif(
+    not long_run(),
+    reason="the long run's (./dev reliability, 42 s): in CI, SIGTERM mid-write is the retry test's (the superseded "
+    "attempt's run-node cancels its Spark jobs and exits 130)",
 )
 def test_sigterm_to_the_group_mid_write_cancels_cleanly_and_the_rerun_succeeds(tmp_path: Path) -> None:
     # What the Airflow operator's on_kill does: SIGTERM to run-node's whole group, the JVM included.

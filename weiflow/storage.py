@@ -498,8 +498,10 @@ class RootedDeleter:
                 # what it committed.
                 os.rename(name, hidden, src_dir_fd=fd, dst_dir_fd=fd)
                 shutil.rmtree(hidden, dir_fd=fd)
+            elif stat.S_ISDIR(mode):
+                shutil.rmtree(name, dir_fd=fd)
             else:
-                _remove_entry(name, fd)
+                os.unlink(name, dir_fd=fd)
         finally:
             os.close(fd)
 
